@@ -1,0 +1,1 @@
+"""The ``grm-plugin`` command line."""

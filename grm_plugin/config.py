@@ -1,0 +1,130 @@
+"""Configuration models shared by the core, the adapters and the CLI.
+
+Every setting is a pydantic model so that one YAML/JSON file can configure a trl reward, an
+OpenRLHF server and a verl reward function alike.
+
+Example:
+    >>> from grm_plugin.config import JudgeConfig
+    >>> cfg = JudgeConfig.model_validate({"engine": {"type": "openai",
+    ...     "base_url": "http://127.0.0.1:8000/v1", "model": "judge"}, "sampling": {"samples": 4}})
+    >>> cfg.sampling.samples, cfg.engine.type
+    (4, 'openai')
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SamplingConfig(_Strict):
+    """How judgments are sampled and combined."""
+
+    samples: int = Field(1, ge=1, description="k judgments per item")
+    temperature: float = Field(0.5, ge=0.0, description="used when samples > 1 (k = 1 is greedy)")
+    max_new_tokens: int = Field(768, ge=16)
+    shuffle: bool = Field(True, description="shuffle response order before each sample")
+    parse_retries: int = Field(2, ge=0, description="re-sampling rounds for failed parses")
+    retry_temperature: float = Field(0.7, gt=0.0, description="greedy retries would repeat")
+    keep: int | None = Field(
+        None, ge=1, description="samples kept by the meta RM (default k // 2, at least 1)"
+    )
+    seed: int | None = Field(None, description="seed for the response shuffles")
+
+    @model_validator(mode="after")
+    def _keep_within_k(self) -> SamplingConfig:
+        if self.keep is not None and self.keep > self.samples:
+            raise ValueError(f"keep ({self.keep}) must be <= samples ({self.samples})")
+        return self
+
+
+class OpenAIEngineConfig(_Strict):
+    """Any OpenAI-compatible server (vLLM, SGLang, transformers serve, hosted APIs)."""
+
+    type: Literal["openai"] = "openai"
+    base_url: str | list[str] = Field(
+        ..., description="one URL or several replicas, e.g. http://127.0.0.1:8000/v1"
+    )
+    model: str | None = Field(None, description="served model name; the first listed if None")
+    api_key: str = "EMPTY"
+    timeout: float = Field(120.0, gt=0, description="seconds per request")
+    max_retries: int = Field(3, ge=0)
+    deadline: float = Field(600.0, gt=0, description="total seconds for one item, retries included")
+    concurrency: int = Field(64, ge=1, description="requests in flight at once")
+    n_mode: Literal["auto", "native", "parallel"] = Field(
+        "auto", description="'native': one request with n=k; 'parallel': k requests; 'auto': probe"
+    )
+    context_window: int | None = Field(None, ge=256, description="tokens; for truncation")
+    extra_body: dict = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _nonempty(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and not v:
+            raise ValueError("base_url needs at least one URL")
+        return v
+
+
+class TransformersEngineConfig(_Strict):
+    """A local model: a folder, a hub id or a .gguf file (dequantized once and cached)."""
+
+    type: Literal["transformers"] = "transformers"
+    model: str
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    batch_size: int = Field(8, ge=1, description="sequences generated together")
+    context_window: int | None = Field(None, ge=256)
+
+
+class VLLMEngineConfig(_Strict):
+    """Offline vLLM (`vllm.LLM`); needs a GPU."""
+
+    type: Literal["vllm"] = "vllm"
+    model: str
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    max_model_len: int | None = None
+    extra: dict = Field(default_factory=dict, description="more vllm.LLM keyword arguments")
+
+
+class DefaultEngineConfig(_Strict):
+    """The embedded demo judge (Qwen2.5-Coder-0.5B-Instruct from PyPI): weak, for trying things."""
+
+    type: Literal["default"] = "default"
+    device: str = "auto"
+    batch_size: int = Field(8, ge=1)
+
+
+EngineConfig = Annotated[
+    OpenAIEngineConfig | TransformersEngineConfig | VLLMEngineConfig | DefaultEngineConfig,
+    Field(discriminator="type"),
+]
+
+
+class JudgeConfig(_Strict):
+    """Everything needed to build a GenerativeRewardFn."""
+
+    engine: EngineConfig = Field(default_factory=DefaultEngineConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    principles: str | None = Field(None, description="a user rubric added to the prompt")
+    empty_response_score: float | None = Field(
+        None, description="score for an empty response (None: flagged, not judged)"
+    )
+
+    @classmethod
+    def load(cls, path: str | Path) -> JudgeConfig:
+        """Read a YAML or JSON file."""
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"judge config not found: {p}")
+        text = p.read_text()
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        return cls.model_validate(data or {})

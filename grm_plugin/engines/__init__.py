@@ -1,0 +1,69 @@
+"""Engines: where judgments are generated. ``make_engine`` turns a spec into an engine.
+
+Example:
+    >>> from grm_plugin.engines import make_engine
+    >>> make_engine("http://127.0.0.1:8000/v1").config.base_url
+    'http://127.0.0.1:8000/v1'
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+from ..config import (
+    DefaultEngineConfig,
+    OpenAIEngineConfig,
+    TransformersEngineConfig,
+    VLLMEngineConfig,
+)
+from .base import EngineError, GenerationRequest, JudgeEngine
+
+EngineSpec = Union[
+    JudgeEngine,
+    OpenAIEngineConfig,
+    TransformersEngineConfig,
+    VLLMEngineConfig,
+    DefaultEngineConfig,
+    str,
+    None,
+]
+
+__all__ = ["EngineError", "EngineSpec", "GenerationRequest", "JudgeEngine", "make_engine"]
+
+
+def make_engine(spec: EngineSpec) -> JudgeEngine:
+    """Build an engine from an instance, a config, a URL, a model path / hub id, or None.
+
+    None means the embedded demo judge (``pip install grm-plugin[demo]``).
+    """
+    if isinstance(spec, JudgeEngine):
+        return spec
+    if spec is None:
+        spec = DefaultEngineConfig()
+    if isinstance(spec, str):
+        if spec.startswith(("http://", "https://")):
+            spec = OpenAIEngineConfig(base_url=spec)
+        else:
+            spec = TransformersEngineConfig(model=spec)
+    if isinstance(spec, OpenAIEngineConfig):
+        from .openai_engine import OpenAIEngine
+
+        return OpenAIEngine(spec)
+    if isinstance(spec, TransformersEngineConfig):
+        from .transformers_engine import TransformersEngine
+
+        return TransformersEngine(spec)
+    if isinstance(spec, VLLMEngineConfig):
+        from .vllm_engine import VLLMEngine
+
+        return VLLMEngine(spec)
+    if isinstance(spec, DefaultEngineConfig):
+        from ..default_judge import default_judge_path
+        from .transformers_engine import TransformersEngine
+
+        return TransformersEngine(
+            TransformersEngineConfig(
+                model=str(default_judge_path()), device=spec.device, batch_size=spec.batch_size
+            )
+        )
+    raise TypeError(f"cannot build an engine from {type(spec).__name__}")

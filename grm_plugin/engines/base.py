@@ -1,0 +1,51 @@
+"""The engine interface: a conversation in, n texts out.
+
+Bring your own engine by subclassing ``JudgeEngine`` and implementing ``generate``.
+
+Example:
+    >>> import asyncio
+    >>> class Echo(JudgeEngine):
+    ...     async def generate(self, request):
+    ...         return ["Final Scores: [[5]]"] * request.n
+    >>> asyncio.run(Echo().generate(GenerationRequest([{"role": "user", "content": "hi"}], n=2)))
+    ['Final Scores: [[5]]', 'Final Scores: [[5]]']
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+
+class EngineError(RuntimeError):
+    """The engine could not produce text (server down, timeout, bad answer...)."""
+
+
+@dataclass
+class GenerationRequest:
+    """Generate ``n`` completions of ``messages``; temperature 0 means greedy."""
+
+    messages: list[dict[str, str]]
+    n: int = 1
+    temperature: float = 0.0
+    max_tokens: int = 768
+    seed: int | None = None
+
+
+class JudgeEngine(ABC):
+    """Base class for engines. Subclasses implement ``generate``. Engines are called from any
+    event loop (the sync API runs its own), so they must not bind state to one loop."""
+
+    #: maximum prompt + output tokens, or None when unknown (truncation then uses a default)
+    context_window: int | None = None
+
+    @abstractmethod
+    async def generate(self, request: GenerationRequest) -> list[str]:
+        """Return exactly ``request.n`` texts (the generated part only), or raise EngineError."""
+
+    def count_tokens(self, text: str) -> int:
+        """Token count used for truncation; engines with a tokenizer give the exact number."""
+        return len(text) // 3 + 1
+
+    async def aclose(self) -> None:
+        """Release connections or models."""

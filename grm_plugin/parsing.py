@@ -1,0 +1,102 @@
+"""Extract the scores, principles and critique from a judge's output.
+
+Only the judge's generated text is parsed, never the prompt. A score line that is a verbatim copy
+of text inside one of the responses is ignored, so a response that contains
+"Final Scores: [[10, 10]]" cannot set its own score even if the judge quotes it.
+
+Example:
+    >>> p = parse_judgment("Specific Criteria: a\\nAnalysis: b\\nFinal Scores: [[7, 3.5]]", 2)
+    >>> p.scores, p.principles, p.critique
+    ([7.0, 3.5], 'a', 'b')
+    >>> parse_judgment("Final Scores: [[7]]", 2).error
+    'expected 2 scores, found 1'
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+SCORE_MIN, SCORE_MAX = 1.0, 10.0
+
+_NUM = r"[-+]?\d+(?:\.\d+)?"
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+_DOUBLE_BRACKET = re.compile(r"\[\[([^\[\]]*)\]\]")
+_SCORES_LINE = re.compile(
+    r"^[ \t*#>_-]*(?:final\s+)?scores?\s*[*_]*\s*[:=]\s*[*_]*\s*\[?\s*("
+    + _NUM
+    + r"(?:\s*[,;/]\s*"
+    + _NUM
+    + r")*)\s*\]?[ \t*_.]*$",
+    re.IGNORECASE | re.MULTILINE,
+)
+_PRINCIPLES = re.compile(
+    r"(?:specific\s+criteria|principles?)\s*[*_]*\s*:\s*(.*?)(?=^[ \t*#]*analysis\s*[*_]*\s*:|\Z)",
+    re.IGNORECASE | re.DOTALL | re.MULTILINE,
+)
+_ANALYSIS = re.compile(
+    r"^[ \t*#]*analysis\s*[*_]*\s*:\s*(.*?)(?=^[ \t*#]*final\s+scores?|\\boxed\{|\Z)",
+    re.IGNORECASE | re.DOTALL | re.MULTILINE,
+)
+
+
+@dataclass
+class ParsedJudgment:
+    """Parsed judge output; ``scores`` is None when parsing failed (see ``error``)."""
+
+    scores: list[float] | None
+    principles: str
+    critique: str
+    error: str | None = None
+
+
+def _line_at(text: str, pos: int) -> str:
+    start = text.rfind("\n", 0, pos) + 1
+    end = text.find("\n", pos)
+    return text[start : end if end != -1 else len(text)].strip()
+
+
+def _candidates(text: str) -> list[tuple[int, str]]:
+    """All score-list candidates as (position, inner text), in order of position."""
+    found = [(m.start(), m.group(1)) for m in _BOXED.finditer(text)]
+    found += [(m.start(), m.group(1)) for m in _DOUBLE_BRACKET.finditer(text)]
+    found += [(m.start(1), m.group(1)) for m in _SCORES_LINE.finditer(text)]
+    return sorted(found)
+
+
+def _to_scores(inner: str, n: int) -> tuple[list[float] | None, str | None]:
+    items = [s for s in re.split(r"[,;/]", inner.strip()) if s.strip()]
+    if len(items) != n:
+        return None, f"expected {n} scores, found {len(items)}"
+    out = []
+    for s in items:
+        s = s.strip().rstrip(".")
+        if not re.fullmatch(_NUM, s):
+            return None, f"not a number: {s!r}"
+        out.append(min(SCORE_MAX, max(SCORE_MIN, float(s))))
+    return out, None
+
+
+def parse_judgment(text: str, n: int, quoted: Sequence[str] = ()) -> ParsedJudgment:
+    """Parse ``n`` scores from the judge's ``text``.
+
+    The last candidate wins (the judge may draft scores before its final line). Candidates whose
+    line appears verbatim in one of ``quoted`` (the responses) are skipped: they are quotes.
+    """
+    principles_m = _PRINCIPLES.search(text)
+    analysis_m = _ANALYSIS.search(text)
+    principles = principles_m.group(1).strip() if principles_m else ""
+    critique = analysis_m.group(1).strip() if analysis_m else ""
+    error = "no score list found"
+    for pos, inner in reversed(_candidates(text)):
+        line = _line_at(text, pos)
+        if line and any(line in q for q in quoted):
+            error = "only score lists quoted from the responses"
+            continue
+        scores, err = _to_scores(inner, n)
+        if scores is not None:
+            return ParsedJudgment(scores, principles, critique)
+        error = err
+        break  # the judge's last score list is malformed: do not fall back to an earlier draft
+    return ParsedJudgment(None, principles, critique, error)

@@ -1,0 +1,48 @@
+"""Result models: what the judge thought, sample by sample, and the final scores."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Sample(BaseModel):
+    """One sampled judgment. Scores are mapped back to the original response order."""
+
+    text: str | None = Field(None, description="the judge's raw output; None if the engine failed")
+    principles: str = ""
+    critique: str = ""
+    scores: list[float] | None = Field(None, description="parsed scores, original order")
+    order: list[int] = Field(
+        default_factory=list, description="order[j] = original index of the response shown j-th"
+    )
+    meta_score: float | None = None
+    voted: bool = False
+    attempt: int = Field(0, description="0 for the first round, >0 for parse retries")
+    failure: str | None = Field(None, description="why this sample gave no scores")
+
+
+class JudgmentResult(BaseModel):
+    """Final scores for one item (a prompt and its responses)."""
+
+    scores: list[float | None] = Field(
+        default_factory=list, description="mean over voting samples, per response; None = no score"
+    )
+    score_sums: list[float | None] = Field(
+        default_factory=list, description="sum over voting samples (the paper's voting score)"
+    )
+    num_valid: int = Field(0, description="samples that parsed")
+    num_voted: int = Field(0, description="samples that voted (after the meta RM filter)")
+    samples: list[Sample] = Field(default_factory=list)
+    failed: bool = Field(False, description="True when no response got a score")
+    error: str | None = None
+    flags: list[list[str]] = Field(
+        default_factory=list, description="per response: e.g. 'empty_response', 'truncated'"
+    )
+
+    @property
+    def principles(self) -> str:
+        """Principles of the first voting sample (for display and logs)."""
+        for s in self.samples:
+            if s.voted:
+                return s.principles
+        return ""

@@ -1,0 +1,468 @@
+"""GenerativeRewardFn: principles, critiques and scores from an LLM judge, sampled k times and voted.
+
+Example:
+    >>> from grm_plugin import GenerativeRewardFn
+    >>> from grm_plugin.engines import JudgeEngine
+    >>> class FixedJudge(JudgeEngine):  # a stand-in; use a real engine or the default judge
+    ...     async def generate(self, request):
+    ...         return ["Specific Criteria: be right\\nAnalysis: ok\\nFinal Scores: [[8]]"] * request.n
+    >>> rm = GenerativeRewardFn(FixedJudge(), samples=4)
+    >>> rm.score("What is 2+2?", ["4"]).scores
+    [8.0]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import secrets
+import threading
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .config import JudgeConfig, SamplingConfig
+from .engines import EngineSpec, JudgeEngine, make_engine
+from .engines.base import GenerationRequest
+from .meta_rm import MetaRewardModel
+from .parsing import parse_judgment
+from .prompt import Conversation, build_judge_messages, fit_responses
+from .results import JudgmentResult, Sample
+from .voting import select_by_meta, vote
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: assumed context (tokens) when the engine does not know its own
+DEFAULT_CONTEXT_WINDOW = 32768
+#: all permutations are cycled through when there are at most this many (n <= 6)
+_MAX_ENUMERATED_ORDERS = 720
+
+
+def validate_item(prompt: Any, responses: Any, reference: Any = None) -> None:
+    """Raise TypeError/ValueError with a clear message for malformed input."""
+    if isinstance(prompt, str):
+        pass
+    elif isinstance(prompt, Sequence) and all(
+        isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt
+    ):
+        if not prompt:
+            raise ValueError("prompt is an empty message list")
+    else:
+        raise TypeError(
+            f"prompt must be a string or a list of {{'role', 'content'}} messages, "
+            f"got {type(prompt).__name__}"
+        )
+    if isinstance(responses, str) or not isinstance(responses, Sequence):
+        raise TypeError(f"responses must be a list of strings, got {type(responses).__name__}")
+    if len(responses) == 0:
+        raise ValueError("responses is empty: give at least one response to judge")
+    for i, r in enumerate(responses):
+        if not isinstance(r, str):
+            raise TypeError(f"response {i} must be a string, got {type(r).__name__}")
+    if reference is not None and not isinstance(reference, str):
+        raise TypeError(f"reference must be a string or None, got {type(reference).__name__}")
+
+
+def sample_orders(n: int, k: int, rng: random.Random, shuffle: bool) -> list[tuple[int, ...]]:
+    """Response orders for k samples. With few responses every order is used about equally
+    often (position bias then cancels in the vote); otherwise orders are random."""
+    identity = tuple(range(n))
+    if not shuffle or n == 1:
+        return [identity] * k
+    if n <= 6 and k > 1:
+        perms = list(itertools.permutations(identity))
+        if len(perms) <= _MAX_ENUMERATED_ORDERS:
+            rng.shuffle(perms)
+            return [perms[j % len(perms)] for j in range(k)]
+    return [tuple(rng.sample(identity, n)) for _ in range(k)]
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, also when this thread has a running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+class GenerativeRewardFn:
+    """A generative reward model: the judge writes principles, critiques and 1-10 scores.
+
+    Args:
+        engine: a ``JudgeEngine``, an engine config, a server URL (``http://...``), a model path /
+            hub id / ``.gguf`` file, or None for the embedded demo judge.
+        samples: k judgments per item (greedy when 1, else ``temperature``).
+        meta_rm: a ``MetaRewardModel``; when given, only the ``keep`` best-rated samples vote.
+        keep: samples kept by the meta RM (default ``samples // 2``, at least 1).
+        principles: a rubric added to every prompt.
+        empty_response_score: score for empty responses (None: not judged, flagged, score None).
+
+    Example:
+        >>> rm = GenerativeRewardFn("http://127.0.0.1:8000/v1", samples=8)  # doctest: +SKIP
+        >>> rm.score("Name a prime.", ["7", "9"]).scores  # doctest: +SKIP
+        [8.1, 2.4]
+    """
+
+    def __init__(
+        self,
+        engine: EngineSpec = None,
+        *,
+        samples: int = 1,
+        temperature: float = 0.5,
+        max_new_tokens: int = 768,
+        shuffle: bool = True,
+        parse_retries: int = 2,
+        keep: int | None = None,
+        seed: int | None = None,
+        meta_rm: MetaRewardModel | None = None,
+        principles: str | None = None,
+        empty_response_score: float | None = None,
+    ) -> None:
+        sampling = SamplingConfig(
+            samples=samples,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            shuffle=shuffle,
+            parse_retries=parse_retries,
+            keep=keep,
+            seed=seed,
+        )
+        self._setup(sampling, meta_rm, principles, empty_response_score)
+        self.engine: JudgeEngine = make_engine(engine)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: JudgeConfig | str | Path | dict,
+        *,
+        engine: JudgeEngine | None = None,
+        meta_rm: MetaRewardModel | None = None,
+    ) -> GenerativeRewardFn:
+        """Build from a ``JudgeConfig``, a dict, or a YAML/JSON file path.
+
+        ``engine`` overrides the configured engine (e.g. one that an adapter already holds).
+        """
+        if isinstance(config, (str, Path)):
+            config = JudgeConfig.load(config)
+        elif isinstance(config, dict):
+            config = JudgeConfig.model_validate(config)
+        self = cls.__new__(cls)
+        self._setup(config.sampling, meta_rm, config.principles, config.empty_response_score)
+        self.engine = engine if engine is not None else make_engine(config.engine)
+        return self
+
+    def _setup(
+        self,
+        sampling: SamplingConfig,
+        meta_rm: MetaRewardModel | None,
+        principles: str | None,
+        empty_response_score: float | None,
+    ) -> None:
+        if meta_rm is not None and not isinstance(meta_rm, MetaRewardModel):
+            raise TypeError("meta_rm must have a score_judgments(prompt, shown, judgments) method")
+        self.sampling = sampling
+        self.meta_rm = meta_rm
+        self.principles = principles
+        self.empty_response_score = empty_response_score
+        self._item_counter = itertools.count()
+
+    @property
+    def keep(self) -> int:
+        """How many samples vote when a meta RM is set."""
+        return self.sampling.keep or max(1, self.sampling.samples // 2)
+
+    # ----------------------------------------------------------------------------- public API
+
+    def score(
+        self, prompt: Conversation, responses: Sequence[str], reference: str | None = None
+    ) -> JudgmentResult:
+        """Judge one prompt's responses. Raises TypeError/ValueError on malformed input."""
+        return run_sync(self.ascore(prompt, responses, reference))
+
+    async def ascore(
+        self, prompt: Conversation, responses: Sequence[str], reference: str | None = None
+    ) -> JudgmentResult:
+        """Async twin of ``score``."""
+        validate_item(prompt, responses, reference)
+        return await self._judge_item(prompt, list(responses), reference)
+
+    def score_batch(
+        self,
+        prompts: Sequence[Conversation],
+        responses: Sequence[Sequence[str]],
+        references: Sequence[str | None] | None = None,
+        *,
+        progress: bool = False,
+    ) -> list[JudgmentResult]:
+        """Judge many items concurrently. A bad item gives a failed result, never an exception."""
+        return run_sync(self.ascore_batch(prompts, responses, references, progress=progress))
+
+    async def ascore_batch(
+        self,
+        prompts: Sequence[Conversation],
+        responses: Sequence[Sequence[str]],
+        references: Sequence[str | None] | None = None,
+        *,
+        progress: bool = False,
+    ) -> list[JudgmentResult]:
+        """Async twin of ``score_batch``."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} response lists")
+        if references is None:
+            references = [None] * len(prompts)
+        elif len(references) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(references)} references")
+
+        async def one(i: int) -> tuple[int, JudgmentResult]:
+            try:
+                validate_item(prompts[i], responses[i], references[i])
+                return i, await self._judge_item(prompts[i], list(responses[i]), references[i])
+            except (TypeError, ValueError) as e:
+                return i, JudgmentResult(failed=True, error=f"bad input: {e}")
+            except Exception as e:  # noqa: BLE001 - one item's failure must not sink the batch
+                log.exception("judging item %d failed", i)
+                return i, JudgmentResult(failed=True, error=f"{type(e).__name__}: {e}")
+
+        results: list[JudgmentResult | None] = [None] * len(prompts)
+        tasks = [asyncio.ensure_future(one(i)) for i in range(len(prompts))]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(tasks), desc="judging", unit="item")
+        try:
+            for fut in asyncio.as_completed(tasks):
+                i, res = await fut
+                results[i] = res
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        return results  # type: ignore[return-value]
+
+    async def aclose(self) -> None:
+        """Release the engine."""
+        await self.engine.aclose()
+
+    # ----------------------------------------------------------------------------- internals
+
+    def _rng(self) -> random.Random:
+        seed = self.sampling.seed
+        return random.Random(None if seed is None else seed * 1_000_003 + next(self._item_counter))
+
+    def _fit(self, prompt: Conversation, responses: list[str], reference: str | None) -> list[str]:
+        """Truncate responses so that prompt + judgment fit the engine's context."""
+        window = self.engine.context_window or DEFAULT_CONTEXT_WINDOW
+        skeleton = build_judge_messages(
+            prompt,
+            [""] * len(responses),
+            nonce="x" * 8,
+            principles=self.principles,
+            reference=reference,
+        )
+        overhead = sum(self.engine.count_tokens(m["content"]) for m in skeleton) + 64
+        budget = window - self.sampling.max_new_tokens - overhead
+        joined = "".join(responses)
+        tokens = self.engine.count_tokens(joined)
+        if tokens <= budget:
+            return responses
+        if budget <= 0:
+            raise ValueError(
+                f"the prompt alone (~{overhead} tokens) leaves no room for the responses in a "
+                f"{window}-token context with {self.sampling.max_new_tokens} new tokens"
+            )
+        chars_per_token = len(joined) / max(tokens, 1)
+        # 0.95: token counts of a cut text are not exactly proportional to its length
+        return fit_responses(responses, int(budget * chars_per_token * 0.95))
+
+    async def _judge_item(
+        self, prompt: Conversation, responses: list[str], reference: str | None
+    ) -> JudgmentResult:
+        n_all = len(responses)
+        flags: list[list[str]] = [[] for _ in range(n_all)]
+        judged = [i for i, r in enumerate(responses) if r.strip()]
+        for i in set(range(n_all)) - set(judged):
+            flags[i].append("empty_response")
+        empty_score = self.empty_response_score
+        if not judged:
+            return JudgmentResult(
+                scores=[empty_score] * n_all,
+                score_sums=[None] * n_all,
+                failed=empty_score is None,
+                error="all responses are empty",
+                flags=flags,
+            )
+
+        shown_texts = self._fit(prompt, [responses[i] for i in judged], reference)
+        for j, i in enumerate(judged):
+            if shown_texts[j] is not responses[i] and shown_texts[j] != responses[i]:
+                flags[i].append("truncated")
+
+        samples = await self._sample(prompt, shown_texts, reference, responses)
+        valid = [s for s in samples if s.scores is not None]
+        if not valid:
+            reasons = sorted({s.failure or "" for s in samples})
+            return JudgmentResult(
+                scores=[empty_score if not responses[i].strip() else None for i in range(n_all)],
+                score_sums=[None] * n_all,
+                samples=samples,
+                failed=True,
+                error="no valid judgment: " + "; ".join(reasons),
+                flags=flags,
+            )
+
+        voters = valid
+        if self.meta_rm is not None:
+            voters = await self._meta_filter(prompt, shown_texts, valid)
+        for s in voters:
+            s.voted = True
+        mean, sums = vote([s.scores for s in voters], len(judged))  # type: ignore[misc]
+        scores: list[float | None] = [empty_score] * n_all
+        score_sums: list[float | None] = [None] * n_all
+        for j, i in enumerate(judged):
+            scores[i], score_sums[i] = mean[j], sums[j]
+        return JudgmentResult(
+            scores=scores,
+            score_sums=score_sums,
+            num_valid=len(valid),
+            num_voted=len(voters),
+            samples=samples,
+            flags=flags,
+        )
+
+    async def _sample(
+        self,
+        prompt: Conversation,
+        shown_texts: list[str],
+        reference: str | None,
+        originals: list[str],
+    ) -> list[Sample]:
+        """Draw k samples; re-sample parse failures up to ``parse_retries`` rounds."""
+        cfg = self.sampling
+        rng = self._rng()
+        n = len(shown_texts)
+        nonce = secrets.token_hex(4)
+        samples: list[Sample] = []
+        missing = cfg.samples
+        for attempt in range(cfg.parse_retries + 1):
+            temperature = cfg.temperature if cfg.samples > 1 else 0.0
+            if attempt > 0 and temperature == 0.0:
+                temperature = cfg.retry_temperature  # greedy would repeat the same failure
+            orders = sample_orders(n, missing, rng, cfg.shuffle)
+            new = await self._run_orders(
+                prompt, shown_texts, reference, orders, nonce, temperature, attempt, originals
+            )
+            samples += new
+            parse_failures = sum(1 for s in new if s.failure and s.failure.startswith("parse"))
+            # engine failures are not retried here: the engine already retried within its deadline
+            missing = parse_failures
+            if missing == 0:
+                break
+        return samples
+
+    async def _run_orders(
+        self,
+        prompt: Conversation,
+        shown_texts: list[str],
+        reference: str | None,
+        orders: list[tuple[int, ...]],
+        nonce: str,
+        temperature: float,
+        attempt: int,
+        originals: list[str],
+    ) -> list[Sample]:
+        # one request per distinct order, n = how many samples use it: shares the prompt prefix
+        groups: dict[tuple[int, ...], int] = {}
+        for o in orders:
+            groups[o] = groups.get(o, 0) + 1
+        requests = []
+        for order, count in groups.items():
+            messages = build_judge_messages(
+                prompt,
+                [shown_texts[i] for i in order],
+                nonce=nonce,
+                principles=self.principles,
+                reference=reference,
+            )
+            requests.append(
+                GenerationRequest(
+                    messages,
+                    n=count,
+                    temperature=temperature,
+                    max_tokens=self.sampling.max_new_tokens,
+                )
+            )
+        outputs = await asyncio.gather(
+            *(self.engine.generate(r) for r in requests), return_exceptions=True
+        )
+        samples = []
+        for (order, count), out in zip(groups.items(), outputs, strict=True):
+            if isinstance(out, BaseException):
+                if not isinstance(out, Exception):
+                    raise out
+                failure = f"engine: {type(out).__name__}: {out}"
+                samples += [
+                    Sample(order=list(order), attempt=attempt, failure=failure)
+                    for _ in range(count)
+                ]
+                continue
+            for text in out:
+                samples.append(self._parse_sample(text, order, attempt, originals, shown_texts))
+        return samples
+
+    @staticmethod
+    def _parse_sample(
+        text: str,
+        order: tuple[int, ...],
+        attempt: int,
+        originals: list[str],
+        shown_texts: list[str],
+    ) -> Sample:
+        parsed = parse_judgment(text, len(order), quoted=[*originals, *shown_texts])
+        sample = Sample(
+            text=text,
+            principles=parsed.principles,
+            critique=parsed.critique,
+            order=list(order),
+            attempt=attempt,
+        )
+        if parsed.scores is None:
+            sample.failure = f"parse: {parsed.error}"
+        else:
+            back = [0.0] * len(order)
+            for shown_pos, original_idx in enumerate(order):
+                back[original_idx] = parsed.scores[shown_pos]
+            sample.scores = back
+        return sample
+
+    async def _meta_filter(
+        self, prompt: Conversation, shown_texts: list[str], valid: list[Sample]
+    ) -> list[Sample]:
+        assert self.meta_rm is not None
+        shown = [[shown_texts[i] for i in s.order] for s in valid]
+        meta = await asyncio.to_thread(
+            self.meta_rm.score_judgments, prompt, shown, [s.text or "" for s in valid]
+        )
+        if len(meta) != len(valid):
+            raise ValueError(f"meta RM returned {len(meta)} scores for {len(valid)} judgments")
+        for s, m in zip(valid, meta, strict=True):
+            s.meta_score = float(m)
+        return [valid[i] for i in select_by_meta(meta, min(self.keep, len(valid)))]
