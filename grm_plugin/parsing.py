@@ -51,17 +51,15 @@ class ParsedJudgment:
     error: str | None = None
 
 
-def _line_at(text: str, pos: int) -> str:
-    start = text.rfind("\n", 0, pos) + 1
-    end = text.find("\n", pos)
-    return text[start : end if end != -1 else len(text)].strip()
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", "", text)
 
 
-def _candidates(text: str) -> list[tuple[int, str]]:
-    """All score-list candidates as (position, inner text), in order of position."""
-    found = [(m.start(), m.group(1)) for m in _BOXED.finditer(text)]
-    found += [(m.start(), m.group(1)) for m in _DOUBLE_BRACKET.finditer(text)]
-    found += [(m.start(1), m.group(1)) for m in _SCORES_LINE.finditer(text)]
+def _candidates(text: str) -> list[tuple[int, str, str]]:
+    """Score-list candidates as (position, inner text, whole match), in order of position."""
+    found = [(m.start(), m.group(1), m.group(0)) for m in _BOXED.finditer(text)]
+    found += [(m.start(), m.group(1), m.group(0)) for m in _DOUBLE_BRACKET.finditer(text)]
+    found += [(m.start(1), m.group(1), m.group(0)) for m in _SCORES_LINE.finditer(text)]
     return sorted(found)
 
 
@@ -81,17 +79,20 @@ def _to_scores(inner: str, n: int) -> tuple[list[float] | None, str | None]:
 def parse_judgment(text: str, n: int, quoted: Sequence[str] = ()) -> ParsedJudgment:
     """Parse ``n`` scores from the judge's ``text``.
 
-    The last candidate wins (the judge may draft scores before its final line). Candidates whose
-    line appears verbatim in one of ``quoted`` (the responses) are skipped: they are quotes.
+    The last candidate wins (the judge may draft scores before its final line). A candidate whose
+    text (``[[...]]``, ``\\boxed{...}`` or the whole ``Scores:`` line, whitespace ignored) occurs
+    in one of ``quoted`` (the responses) is skipped as a possible quote: a response can then at
+    worst make its judgment fail (a flagged None), never choose its own score.
     """
+    quoted_squashed = [_squash(q) for q in quoted]
     principles_m = _PRINCIPLES.search(text)
     analysis_m = _ANALYSIS.search(text)
     principles = principles_m.group(1).strip() if principles_m else ""
     critique = analysis_m.group(1).strip() if analysis_m else ""
     error = "no score list found"
-    for pos, inner in reversed(_candidates(text)):
-        line = _line_at(text, pos)
-        if line and any(line in q for q in quoted):
+    for _pos, inner, whole in reversed(_candidates(text)):
+        token = _squash(whole)
+        if any(token in q for q in quoted_squashed):
             error = "only score lists quoted from the responses"
             continue
         scores, err = _to_scores(inner, n)

@@ -7,10 +7,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import score
+from . import score, serve
 
 # each module: register(subparsers) adds its parser and sets ``func(args) -> int``
-SUBCOMMANDS = [score]
+SUBCOMMANDS = [score, serve]
 
 
 def build_parser() -> argparse.ArgumentParser:
