@@ -46,7 +46,11 @@ class ServerSettings(BaseModel):
 
     host: str = Field("127.0.0.1", description="loopback by default: the reward is not public")
     port: int = Field(5000, ge=0, le=65535)
-    token: str | None = Field(None, description="if set, 'Authorization: Bearer <token>' needed")
+    token: str | None = Field(
+        None,
+        description="if set, requests need 'Authorization: Bearer <token>' or '?token=<token>' "
+        "(OpenRLHF's client cannot send headers: put it in --reward.remote_url)",
+    )
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="larger bodies get 413")
     max_queries: int = Field(1024, ge=1, description="queries per request")
     max_concurrent: int = Field(
@@ -110,10 +114,11 @@ def create_app(rm: GenerativeRewardFn, settings: ServerSettings | None = None) -
         if settings.token is None:
             return True
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            # OpenRLHF's client sends no headers: the token can come as ?token=... in the URL
+            given = request.query_params.get("token", "")
         # compare_digest: the time taken does not tell how much of the token was right
-        return scheme.lower() == "bearer" and secrets.compare_digest(
-            given.strip().encode(), settings.token.encode()
-        )
+        return secrets.compare_digest(given.strip().encode(), settings.token.encode())
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

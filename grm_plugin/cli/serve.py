@@ -131,5 +131,7 @@ def run(args: argparse.Namespace) -> int:
         log_level="info" if level <= logging.INFO else "warning",
         # OpenRLHF opens a new connection per request; a long keep-alive only holds sockets
         timeout_keep_alive=5,
+        # one line per rollout sample is noise, and the URL may carry the token
+        access_log=False,
     )
     return 0

@@ -57,6 +57,31 @@ def converted_gguf_dir(gguf: Path) -> Path:
     return cache_dir() / "converted" / f"{gguf.stem}-{key[:16]}"
 
 
+def convert_gguf(gguf: Path) -> Path:
+    """Dequantize a GGUF file once into a cached safetensors folder and return that folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = converted_gguf_dir(gguf)
+    if (target / "config.json").exists():
+        return target
+    log.info("dequantizing %s once into %s (slow)", gguf, target)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    # transformers refuses to save a GGUF-loaded model; its weights are already plain
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.replace(target)
+    return target
+
+
 def load_model_and_tokenizer(spec: str, device: str = "cpu", dtype: str = "auto"):
     """Load (model, tokenizer); GGUF files are converted once and cached as safetensors."""
     import torch
@@ -68,23 +93,7 @@ def load_model_and_tokenizer(spec: str, device: str = "cpu", dtype: str = "auto"
     else:
         torch_dtype = getattr(torch, dtype)
     if isinstance(source, Path) and source.is_file() and source.suffix == ".gguf":
-        target = converted_gguf_dir(source)
-        if not (target / "config.json").exists():
-            log.info("dequantizing %s once into %s (slow)", source, target)
-            tok = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-            model = AutoModelForCausalLM.from_pretrained(
-                source.parent, gguf_file=source.name, dtype=torch.float32
-            )
-            # transformers refuses to save a GGUF-loaded model; its weights are already plain
-            model.hf_quantizer = None
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            tmp.replace(target)
-        source = target
+        source = convert_gguf(source)
     tok = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
     model.to(device)

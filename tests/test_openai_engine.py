@@ -1,0 +1,88 @@
+import time
+
+import pytest
+from fastapi.responses import JSONResponse
+
+from grm_plugin import GenerativeRewardFn, OpenAIEngineConfig
+from grm_plugin.engines import EngineError, GenerationRequest
+from grm_plugin.engines.openai_engine import OpenAIEngine
+from grm_plugin.reward import run_sync
+
+from .openai_fakes import FakeOpenAIServer, completion, free_port
+
+MSGS = [{"role": "user", "content": "judge this"}]
+
+
+def engine(url, **kw) -> OpenAIEngine:
+    return OpenAIEngine(OpenAIEngineConfig(base_url=url, **kw))
+
+
+def gen(eng, n=1, **kw):
+    return run_sync(eng.generate(GenerationRequest(MSGS, n=n, temperature=0.5, **kw)))
+
+
+def test_native_n_in_one_request_and_model_from_listing():
+    with FakeOpenAIServer(lambda b, i: completion([f"t{j}" for j in range(b["n"])])) as srv:
+        eng = engine(srv.url)
+        assert gen(eng, n=4) == ["t0", "t1", "t2", "t3"]
+        assert len(srv.bodies) == 1 and srv.bodies[0]["n"] == 4
+        assert srv.bodies[0]["model"] == "fake-judge"
+        assert eng._native_n is True
+
+
+def test_server_ignoring_n_falls_back_to_parallel_requests():
+    with FakeOpenAIServer(lambda b, i: completion([f"c{i}"])) as srv:
+        eng = engine(srv.url, model="m")
+        out = gen(eng, n=3)
+        assert len(out) == 3 and out[0] == "c1"
+        assert eng._native_n is False
+        gen(eng, n=2)
+        assert [b["n"] for b in srv.bodies] == [3, 1, 1, 1, 1]
+
+
+def test_retries_5xx_and_429_honouring_retry_after():
+    def flaky(body, i):
+        if i == 1:
+            return JSONResponse({"error": "boom"}, status_code=500)
+        if i == 2:
+            return JSONResponse({"error": "slow down"}, status_code=429,
+                                headers={"Retry-After": "0.2"})
+        return completion(["ok"])
+
+    with FakeOpenAIServer(flaky) as srv:
+        t = time.monotonic()
+        assert gen(engine(srv.url, model="m", max_retries=3)) == ["ok"]
+        assert len(srv.bodies) == 3 and time.monotonic() - t >= 0.2
+
+
+def test_4xx_is_not_retried():
+    with FakeOpenAIServer(lambda b, i: JSONResponse({"error": "bad"}, status_code=400)) as srv:
+        with pytest.raises(EngineError, match="HTTP 400"):
+            gen(engine(srv.url, model="m"))
+        assert len(srv.bodies) == 1
+
+
+def test_timeout_then_engine_error_within_deadline():
+    with FakeOpenAIServer(lambda b, i: 5.0) as srv:
+        t = time.monotonic()
+        with pytest.raises(EngineError, match="tries"):
+            gen(engine(srv.url, model="m", timeout=0.3, max_retries=1, deadline=2.0))
+        assert time.monotonic() - t < 4.5
+
+
+def test_server_down_gives_flagged_none():
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    rm = GenerativeRewardFn(
+        OpenAIEngineConfig(base_url=url, model="m", max_retries=1, deadline=3), samples=2
+    )
+    res = rm.score("Q", ["a", "b"])
+    assert res.failed and res.scores == [None, None]
+    assert "APIConnectionError" in res.error
+
+
+def test_replicas_share_load():
+    with FakeOpenAIServer(lambda b, i: 0.2) as a, FakeOpenAIServer(lambda b, i: 0.2) as b:
+        rm = GenerativeRewardFn(OpenAIEngineConfig(base_url=[a.url, b.url], model="m"))
+        out = rm.score_batch(["Q"] * 8, [["x"]] * 8)
+        assert all(r.scores == [5.0] for r in out)
+        assert len(a.bodies) >= 2 and len(b.bodies) >= 2
