@@ -50,20 +50,31 @@ def make_engine(spec: EngineSpec) -> JudgeEngine:
 
         return OpenAIEngine(spec)
     if isinstance(spec, TransformersEngineConfig):
-        from .transformers_engine import TransformersEngine
-
-        return TransformersEngine(spec)
+        return _transformers_engine(spec)
     if isinstance(spec, VLLMEngineConfig):
         from .vllm_engine import VLLMEngine
 
         return VLLMEngine(spec)
     if isinstance(spec, DefaultEngineConfig):
         from ..default_judge import default_judge_path
-        from .transformers_engine import TransformersEngine
 
-        return TransformersEngine(
+        return _transformers_engine(
             TransformersEngineConfig(
                 model=str(default_judge_path()), device=spec.device, batch_size=spec.batch_size
             )
         )
     raise TypeError(f"cannot build an engine from {type(spec).__name__}")
+
+
+def _transformers_engine(config: TransformersEngineConfig) -> JudgeEngine:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise ModuleNotFoundError(
+            f"a local judge model needs torch and transformers ({e}): "
+            "pip install torch==2.13.0 'grm-plugin[transformers]' (or use --server URL)"
+        ) from e
+    from .transformers_engine import TransformersEngine
+
+    return TransformersEngine(config)

@@ -1,0 +1,309 @@
+"""trl adapter: a generative reward model as a ``GRPOTrainer`` / ``RLOOTrainer`` reward function.
+
+``GRMReward`` is an object with an ``async def __call__``; trl (>= 1.16) detects that with
+``trl.trainer.utils.is_async_callable`` and awaits it on its background event loop, so judge
+requests overlap with other async reward functions. Completions of the same prompt are judged
+together (listwise, in chunks of ``group_size``), which gives scores that compare the members of
+a GRPO group with each other. A completion the judge could not score gets ``None``: trl leaves it
+out of that reward instead of stopping training.
+
+This module does not import trl: it only follows trl's reward-function contract.
+
+Example:
+    >>> import asyncio
+    >>> from grm_plugin.adapters.trl import GRMReward
+    >>> from grm_plugin.testing import RuleJudgeEngine
+    >>> reward = GRMReward(engine=RuleJudgeEngine(), group_size=2)  # real use: a server URL
+    >>> asyncio.run(reward(prompts=["Say hi"] * 2, completions=["hi", "hello there"]))
+    [0.2222222222222222, 1.0]
+    >>> # trainer = GRPOTrainer(model=..., reward_funcs=[reward], train_dataset=...)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from ..config import JudgeConfig
+from ..engines import EngineSpec, JudgeEngine, make_engine
+from ..results import JudgmentResult
+from ..reward import GenerativeRewardFn, run_sync
+
+log = logging.getLogger(__name__)
+
+Scale = Literal["unit", "raw"] | Callable[[float], float]
+
+__all__ = ["GRMReward"]
+
+
+def _content_text(content: Any) -> str:
+    """Message content as text: strings pass; content blocks keep their text parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        return "".join(
+            b.get("text", "") for b in content if isinstance(b, Mapping) and b.get("type") == "text"
+        )
+    return str(content)
+
+
+def _prompt_for_judge(prompt: Any) -> Any:
+    """trl prompt -> what the core accepts: a string or ``[{"role", "content": str}]``.
+
+    Anything else is passed through unchanged, so the core reports it as a bad item (-> None).
+    """
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, Sequence) and all(isinstance(m, Mapping) for m in prompt):
+        return [
+            {"role": str(m.get("role", "user")), "content": _content_text(m.get("content"))}
+            for m in prompt
+        ]
+    return prompt
+
+
+def _completion_text(completion: Any) -> str:
+    """Standard completions are strings; conversational ones are message lists, of which the
+    assistant turns are what the policy wrote (tool results are not judged as its own text)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Sequence):
+        parts = [
+            _content_text(m.get("content"))
+            for m in completion
+            if isinstance(m, Mapping) and m.get("role", "assistant") == "assistant"
+        ]
+        return "\n".join(p for p in parts if p)
+    return str(completion)
+
+
+def _balanced_chunks(start: int, stop: int, size: int) -> list[range]:
+    """Split [start, stop) into ceil(n/size) chunks of near-equal length (5 by 4 -> 3 + 2, not
+    4 + 1: a lone completion would be judged pointwise, unlike its neighbours)."""
+    n = stop - start
+    k = max(1, math.ceil(n / size))
+    base, extra = divmod(n, k)
+    out, i = [], start
+    for j in range(k):
+        length = base + (1 if j < extra else 0)
+        out.append(range(i, i + length))
+        i += length
+    return out
+
+
+def group_indices(keys: Sequence[Any], size: int) -> list[range]:
+    """Chunks of contiguous equal keys, each at most ``size`` long.
+
+    Example:
+        >>> [list(r) for r in group_indices(["a", "a", "a", "b", "a"], 2)]
+        [[0, 1], [2], [3], [4]]
+    """
+    chunks: list[range] = []
+    start = 0
+    for i in range(1, len(keys) + 1):
+        if i == len(keys) or keys[i] != keys[start]:
+            chunks += _balanced_chunks(start, i, size)
+            start = i
+    return chunks
+
+
+class GRMReward:
+    """A trl reward function backed by a generative reward model.
+
+    Args:
+        config: a ``JudgeConfig``, a dict, or a YAML/JSON file path. It is loaded and validated
+            now; the judge itself is built on the first call (so the object pickles cheaply).
+        engine: the judge engine: a ``JudgeEngine``, a server URL, a model path, an engine
+            config; overrides ``config.engine``. With neither ``config`` nor ``engine`` the
+            embedded demo judge is used (slow, weak: for trying things only). Where the reward
+            must pickle (trl's ``AsyncGRPOTrainer``), give a URL, path or engine config rather
+            than a live engine object: those are built again in the scoring process.
+        name: the name trl logs under (``rewards/<name>/mean``) and the prefix of our metrics.
+        group_size: completions of one prompt judged together; 1 = pointwise. Larger groups
+            are split into near-equal chunks; only contiguous completions are grouped.
+        reference_column: dataset column whose value is the reference answer (if present).
+        scale: ``"unit"`` (default) maps the judge's 1-10 score to [0, 1] via (s - 1) / 9, so it
+            mixes with 0/1 rule rewards; ``"raw"`` keeps 1-10; or a picklable callable.
+        log_judgments: send principles/critiques to trl's completions table (``log_extra``).
+        **judge_kwargs: ``GenerativeRewardFn`` options (``samples``, ``temperature``, ...),
+            only when no ``config`` is given.
+
+    Example:
+        >>> from grm_plugin.testing import RuleJudgeEngine
+        >>> reward = GRMReward(engine=RuleJudgeEngine(), scale="raw")
+        >>> reward.score(["Say hi"], [[{"role": "assistant", "content": "hello"}]])
+        [6.0]
+    """
+
+    def __init__(
+        self,
+        config: JudgeConfig | Mapping[str, Any] | str | Path | None = None,
+        *,
+        engine: EngineSpec = None,
+        name: str = "grm",
+        group_size: int = 4,
+        reference_column: str | None = "reference",
+        scale: Scale = "unit",
+        log_judgments: bool = True,
+        **judge_kwargs: Any,
+    ) -> None:
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        if scale not in ("unit", "raw") and not callable(scale):
+            raise ValueError(f"scale must be 'unit', 'raw' or a callable, got {scale!r}")
+        if config is not None and judge_kwargs:
+            raise TypeError(
+                f"give judge options in the config, not as arguments: {sorted(judge_kwargs)}"
+            )
+        if isinstance(config, (str, Path)):
+            config = JudgeConfig.load(config)
+        elif isinstance(config, Mapping):
+            config = JudgeConfig.model_validate(dict(config))
+        self.config: JudgeConfig | None = config
+        self.engine = engine
+        self.judge_kwargs = judge_kwargs
+        self.__name__ = name  # trl's get_callable_name() reads this
+        self.group_size = group_size
+        self.reference_column = reference_column
+        self.scale = scale
+        self.log_judgments = log_judgments
+        self._rm: GenerativeRewardFn | None = None
+
+    # ------------------------------------------------------------------------------- judge
+
+    @property
+    def rm(self) -> GenerativeRewardFn:
+        """The judge, built on first use (in the process that scores, e.g. trl's child)."""
+        if self._rm is None:
+            if self.config is not None:
+                engine = self.engine
+                if engine is not None and not isinstance(engine, JudgeEngine):
+                    engine = make_engine(engine)
+                self._rm = GenerativeRewardFn.from_config(self.config, engine=engine)
+            else:
+                self._rm = GenerativeRewardFn(self.engine, **self.judge_kwargs)
+        return self._rm
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the built judge may hold clients, threads or model weights: rebuild it after unpickling
+        state = self.__dict__.copy()
+        state["_rm"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return (
+            f"GRMReward(name={self.__name__!r}, group_size={self.group_size}, scale={self.scale!r})"
+        )
+
+    def _scaled(self, score: float | None) -> float | None:
+        if score is None or math.isnan(score):
+            return None
+        if self.scale == "unit":
+            return (score - 1.0) / 9.0
+        if self.scale == "raw":
+            return score
+        return float(self.scale(score))  # type: ignore[operator]
+
+    # ------------------------------------------------------------------------------- trl API
+
+    async def __call__(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        completion_ids: Sequence[Any] | None = None,
+        **kwargs: Any,
+    ) -> list[float | None]:
+        """trl's reward contract: one reward (or None) per completion, never an exception."""
+        n = len(completions)
+        if len(prompts) != n:
+            raise ValueError(f"{len(prompts)} prompts but {n} completions")
+        refs = kwargs.get(self.reference_column) if self.reference_column else None
+        references = (
+            [None if r is None else str(r) for r in refs] if refs is not None else [None] * n
+        )
+        judge_prompts = [_prompt_for_judge(p) for p in prompts]
+        texts = [_completion_text(c) for c in completions]
+
+        # a chunk needs one prompt and one reference; trl puts a prompt's G completions next to
+        # each other, but a process may hold only part of a group: we group what is contiguous
+        keys = [
+            (json.dumps(p, sort_keys=True, default=str), r)
+            for p, r in zip(judge_prompts, references, strict=True)
+        ]
+        chunks = group_indices(keys, self.group_size)
+        try:
+            results = await self.rm.ascore_batch(
+                [judge_prompts[c.start] for c in chunks],
+                [[texts[i] for i in c] for c in chunks],
+                [references[c.start] for c in chunks],
+            )
+        except Exception as e:  # noqa: BLE001 - e.g. the judge cannot be built: never stop training
+            log.exception("GRM judge failed for a whole batch")
+            results = [
+                JudgmentResult(failed=True, error=f"{type(e).__name__}: {e}") for _ in chunks
+            ]
+
+        raw: list[float | None] = [None] * n
+        errors: list[str] = [""] * n
+        principles: list[str] = [""] * n
+        critiques: list[str] = [""] * n
+        for c, res in zip(chunks, results, strict=True):
+            voter = next((s for s in res.samples if s.voted), None)
+            for j, i in enumerate(c):
+                raw[i] = res.scores[j] if j < len(res.scores) else None
+                if raw[i] is None:
+                    errors[i] = res.error or "no score"
+                if voter is not None:
+                    principles[i], critiques[i] = voter.principles, voter.critique
+        rewards = [self._scaled(s) for s in raw]
+        self._log(kwargs, raw, errors, principles, critiques)
+        return rewards
+
+    def _log(
+        self,
+        kwargs: Mapping[str, Any],
+        raw: list[float | None],
+        errors: list[str],
+        principles: list[str],
+        critiques: list[str],
+    ) -> None:
+        """Metrics via trl's ``log_metric`` and table columns via ``log_extra`` (when given)."""
+        name = self.__name__
+        log_metric = kwargs.get("log_metric")
+        if callable(log_metric):
+            failed = sum(s is None for s in raw)
+            log_metric(f"{name}/judge_failures", float(failed))
+            log_metric(f"{name}/judge_failure_rate", failed / max(len(raw), 1))
+            scored = [s for s in raw if s is not None]
+            # only when something scored: trl averages every value, and a NaN would poison it
+            if scored:
+                log_metric(f"{name}/judge_score_mean", sum(scored) / len(scored))
+        log_extra = kwargs.get("log_extra")
+        if self.log_judgments and callable(log_extra):
+            log_extra(f"{name}_principles", principles)
+            log_extra(f"{name}_critique", critiques)
+            log_extra(f"{name}_error", errors)
+        if any(s is None for s in raw):
+            log.warning(
+                "GRM judge gave no score to %d of %d completions (first error: %s)",
+                sum(s is None for s in raw),
+                len(raw),
+                next(e for e in errors if e),
+            )
+
+    def score(
+        self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
+    ) -> list[float | None]:
+        """Synchronous twin of ``__call__`` (for evaluation scripts)."""
+        return run_sync(self(prompts, completions, **kwargs))
+
+    async def aclose(self) -> None:
+        """Release the judge's engine, if it was built."""
+        if self._rm is not None:
+            await self._rm.aclose()
