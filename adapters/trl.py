@@ -39,6 +39,10 @@ Scale = Literal["unit", "raw"] | Callable[[float], float]
 
 __all__ = ["GRMReward"]
 
+#: an empty completion is the policy's fault: the lowest score (None would make trl skip it, so
+#: nothing would push the policy away from answering nothing). Set empty_response_score to change.
+EMPTY_SCORE = 1.0
+
 
 def _content_text(content: Any) -> str:
     """Message content as text: strings pass; content blocks keep their text parts."""
@@ -185,9 +189,13 @@ class GRMReward:
                 engine = self.engine
                 if engine is not None and not isinstance(engine, JudgeEngine):
                     engine = make_engine(engine)
-                self._rm = GenerativeRewardFn.from_config(self.config, engine=engine)
+                config = self.config
+                if "empty_response_score" not in config.model_fields_set:
+                    config = config.model_copy(update={"empty_response_score": EMPTY_SCORE})
+                self._rm = GenerativeRewardFn.from_config(config, engine=engine)
             else:
-                self._rm = GenerativeRewardFn(self.engine, **self.judge_kwargs)
+                kwargs = {"empty_response_score": EMPTY_SCORE, **self.judge_kwargs}
+                self._rm = GenerativeRewardFn(self.engine, **kwargs)
         return self._rm
 
     def __getstate__(self) -> dict[str, Any]:

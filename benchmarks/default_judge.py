@@ -42,16 +42,17 @@ def main() -> None:
     single = rm.score(items[0]["prompt"], items[0]["responses"])
     single_s = time.perf_counter() - t
     t = time.perf_counter()
-    results = rm.score_batch([i["prompt"] for i in items], [i["responses"] for i in items],
-                             progress=True)
+    results = rm.score_batch(
+        [i["prompt"] for i in items], [i["responses"] for i in items], progress=True
+    )
     batch_s = time.perf_counter() - t
 
     parsed = sum(1 for r in results if not r.failed)
     correct = sum(
-        1 for r, it in zip(results, items, strict=True)
-        if not r.failed and r.scores[it["best"]] > max(
-            s for j, s in enumerate(r.scores) if j != it["best"]
-        )
+        1
+        for r, it in zip(results, items, strict=True)
+        if not r.failed
+        and r.scores[it["best"]] > max(s for j, s in enumerate(r.scores) if j != it["best"])
     )
     failures: dict[str, int] = {}
     for r in results:
@@ -79,9 +80,15 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=2) + "\n")
-        samples = [{"id": it["id"], "best": it["best"], "scores": r.scores,
-                    "text": r.samples[0].text if r.samples else None}
-                   for it, r in zip(items, results, strict=True)]
+        samples = [
+            {
+                "id": it["id"],
+                "best": it["best"],
+                "scores": r.scores,
+                "text": r.samples[0].text if r.samples else None,
+            }
+            for it, r in zip(items, results, strict=True)
+        ]
         args.out.with_suffix(".samples.jsonl").write_text(
             "".join(json.dumps(s) + "\n" for s in samples)
         )

@@ -36,8 +36,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--judgments", type=int, default=10_000)
     ap.add_argument("--samples", type=int, default=8, help="k per item in the end-to-end run")
-    ap.add_argument("--judge-seconds", type=float, default=None,
-                    help="measured seconds per judgment of a real judge, for the ratio")
+    ap.add_argument(
+        "--judge-seconds",
+        type=float,
+        default=None,
+        help="measured seconds per judgment of a real judge, for the ratio",
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     n = args.judgments

@@ -23,10 +23,10 @@ import argparse
 import tempfile
 
 from datasets import Dataset
-from grm_plugin.adapters.trl import GRMReward
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 from trl import GRPOConfig, GRPOTrainer
 
+from grm_plugin.adapters.trl import GRMReward
 from grm_plugin.testing import RuleJudgeEngine
 
 PROMPTS = [

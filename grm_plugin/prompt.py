@@ -61,7 +61,7 @@ def build_judge_messages(
     principles: str | None = None,
     reference: str | None = None,
 ) -> list[Message]:
-    """Build the chat messages that ask the judge to evaluate ``responses`` (shown in this order)."""
+    """Chat messages asking the judge to evaluate ``responses``, shown in the given order."""
     n = len(responses)
     parts = [
         f"Evaluate {'the response' if n == 1 else f'the {n} responses'} to the conversation below.",

@@ -1,11 +1,12 @@
-"""GenerativeRewardFn: principles, critiques and scores from an LLM judge, sampled k times and voted.
+"""GenerativeRewardFn: an LLM judge's principles, critiques and scores, sampled k times, voted.
 
 Example:
     >>> from grm_plugin import GenerativeRewardFn
     >>> from grm_plugin.engines import JudgeEngine
     >>> class FixedJudge(JudgeEngine):  # a stand-in; use a real engine or the default judge
     ...     async def generate(self, request):
-    ...         return ["Specific Criteria: be right\\nAnalysis: ok\\nFinal Scores: [[8]]"] * request.n
+    ...         text = "Specific Criteria: be right\\nAnalysis: ok\\nFinal Scores: [[8]]"
+    ...         return [text] * request.n
     >>> rm = GenerativeRewardFn(FixedJudge(), samples=4)
     >>> rm.score("What is 2+2?", ["4"]).scores
     [8.0]
@@ -80,26 +81,35 @@ def sample_orders(n: int, k: int, rng: random.Random, shuffle: bool) -> list[tup
     return [tuple(rng.sample(identity, n)) for _ in range(k)]
 
 
+class _BackgroundLoop:
+    """One event loop in a daemon thread, shared by every sync call in the process, so engine
+    clients, connection pools and concurrency limits are shared too (one loop per call would
+    give each call its own)."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None or cls._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, daemon=True, name="grm-loop").start()
+                cls._loop = loop
+            return cls._loop
+
+
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion from sync code, also when this thread has a running loop."""
+    """Run a coroutine to completion from sync code (also from a thread with a running loop)."""
+    loop = _BackgroundLoop.get()
     try:
-        asyncio.get_running_loop()
+        running = asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(coro)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-            box["error"] = e
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+        running = None
+    if running is loop:
+        coro.close()
+        raise RuntimeError("sync API called from grm-plugin's own event loop: use the async API")
+    return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
 
 class GenerativeRewardFn:

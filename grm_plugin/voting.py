@@ -1,4 +1,4 @@
-"""Combine sampled judgments into final scores (the paper's voting), with an optional meta-RM cut."""
+"""Combine sampled judgments into final scores (the paper's voting); pick samples by meta RM."""
 
 from __future__ import annotations
 

@@ -22,9 +22,14 @@ def free_port() -> int:
 
 def completion(texts: list[str]) -> dict:
     return {
-        "id": "x", "object": "chat.completion", "created": 0, "model": "fake",
-        "choices": [{"index": i, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": t}} for i, t in enumerate(texts)],
+        "id": "x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "fake",
+        "choices": [
+            {"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": t}}
+            for i, t in enumerate(texts)
+        ],
     }
 
 

@@ -45,8 +45,9 @@ def test_retries_5xx_and_429_honouring_retry_after():
         if i == 1:
             return JSONResponse({"error": "boom"}, status_code=500)
         if i == 2:
-            return JSONResponse({"error": "slow down"}, status_code=429,
-                                headers={"Retry-After": "0.2"})
+            return JSONResponse(
+                {"error": "slow down"}, status_code=429, headers={"Retry-After": "0.2"}
+            )
         return completion(["ok"])
 
     with FakeOpenAIServer(flaky) as srv:

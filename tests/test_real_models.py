@@ -44,9 +44,20 @@ def transformers_server():
     port = free_port()
     exe = Path(sys.executable).with_name("transformers")
     proc = subprocess.Popen(
-        [str(exe), "serve", str(folder), "--host", "127.0.0.1", "--port", str(port),
-         "--device", "cpu"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
+        [
+            str(exe),
+            "serve",
+            str(folder),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ},
     )
     deadline = time.time() + 180
     while True:
@@ -67,10 +78,13 @@ def transformers_server():
 def test_openai_engine_against_transformers_serve(transformers_server):
     url, model = transformers_server
     eng = OpenAIEngine(OpenAIEngineConfig(base_url=url, model=model, timeout=120))
-    texts = run_sync(eng.generate(
-        GenerationRequest([{"role": "user", "content": "Say hello."}], n=2, temperature=0.7,
-                          max_tokens=12)
-    ))
+    texts = run_sync(
+        eng.generate(
+            GenerationRequest(
+                [{"role": "user", "content": "Say hello."}], n=2, temperature=0.7, max_tokens=12
+            )
+        )
+    )
     assert len(texts) == 2 and all(isinstance(t, str) and t for t in texts)
     # transformers serve answers n=2 with one choice: the engine noticed and went parallel
     assert eng._native_n is False

@@ -8,8 +8,6 @@ Example:
 
 from __future__ import annotations
 
-from typing import Union
-
 from ..config import (
     DefaultEngineConfig,
     OpenAIEngineConfig,
@@ -18,15 +16,15 @@ from ..config import (
 )
 from .base import EngineError, GenerationRequest, JudgeEngine
 
-EngineSpec = Union[
-    JudgeEngine,
-    OpenAIEngineConfig,
-    TransformersEngineConfig,
-    VLLMEngineConfig,
-    DefaultEngineConfig,
-    str,
-    None,
-]
+EngineSpec = (
+    JudgeEngine
+    | OpenAIEngineConfig
+    | TransformersEngineConfig
+    | VLLMEngineConfig
+    | DefaultEngineConfig
+    | str
+    | None
+)
 
 __all__ = ["EngineError", "EngineSpec", "GenerationRequest", "JudgeEngine", "make_engine"]
 

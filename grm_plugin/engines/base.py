@@ -47,5 +47,5 @@ class JudgeEngine(ABC):
         """Token count used for truncation; engines with a tokenizer give the exact number."""
         return len(text) // 3 + 1
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release connections or models."""

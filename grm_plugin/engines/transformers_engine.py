@@ -4,7 +4,8 @@ GGUF files are dequantized by transformers, which is slow, so the result is save
 safetensors in the user cache and reloaded from there (well under a second for 0.5B).
 
 Example:
-    >>> eng = TransformersEngine(TransformersEngineConfig(model="/models/judge.gguf"))  # doctest: +SKIP
+    >>> cfg = TransformersEngineConfig(model="/models/judge.gguf")
+    >>> eng = TransformersEngine(cfg)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from grm_plugin.adapters.trl import GRMReward, group_indices
 
 from grm_plugin import JudgeConfig
+from grm_plugin.adapters.trl import GRMReward, group_indices
 from grm_plugin.testing import FailingEngine, RuleJudgeEngine, length_score, shown_responses
 
 pytestmark = pytest.mark.adapters
@@ -65,11 +65,15 @@ def varied_score(response: str) -> float:
     return float(1 + sum(map(ord, response.strip())) % 10)
 
 
+def completion_text(completion: Any) -> str:
+    return completion if isinstance(completion, str) else completion[0]["content"]
+
+
 def expected_reward(completion: Any, score_fn: Any = length_score) -> float | None:
     """What RuleJudgeEngine(score_fn) + the default 'unit' scale must give for one completion."""
-    text = completion if isinstance(completion, str) else completion[0]["content"]
+    text = completion_text(completion)
     if not text.strip():
-        return None  # empty responses are flagged, not judged
+        return 0.0  # empty responses are not judged: the lowest score
     return (score_fn(text) - 1) / 9
 
 
@@ -140,7 +144,7 @@ def _check_run(trainer, reward: RecordingGRMReward, engine: RuleJudgeEngine) -> 
         # our own metric went through trl's log_metric into the same log entry
         failures = sum(r is None for r in call["rewards"])
         assert entry["judge/judge_failure_rate"] == pytest.approx(failures / 8)
-        n_shown += sum(bool(expected_reward(c) is not None) for c in call["completions"])
+        n_shown += sum(bool(completion_text(c).strip()) for c in call["completions"])
     # judged listwise: at most group_size=4 responses per judge prompt, every scored one shown once
     assert all(1 <= len(shown_responses(r)) <= 4 for r in engine.requests)
     assert sum(len(shown_responses(r)) for r in engine.requests) == n_shown

@@ -22,7 +22,6 @@ import pytest
 
 pytest.importorskip("verl")
 
-import grm_plugin.adapters.verl as adapter  # noqa: E402
 import torch  # noqa: E402
 import uvicorn  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
@@ -35,6 +34,7 @@ from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase 
 from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager  # noqa: E402
 from verl.trainer.ppo.reward import load_reward_manager  # noqa: E402
 
+import grm_plugin.adapters.verl as adapter  # noqa: E402
 from grm_plugin import GenerativeRewardFn  # noqa: E402
 from grm_plugin.testing import FailingEngine, RuleJudgeEngine, length_score  # noqa: E402
 
