@@ -31,7 +31,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -43,7 +43,7 @@ from grm_plugin.config import JudgeConfig
 from grm_plugin.engines import JudgeEngine
 from grm_plugin.prompt import Conversation
 from grm_plugin.results import JudgmentResult
-from grm_plugin.reward import GenerativeRewardFn
+from grm_plugin.reward import GenerativeRewardFn, run_sync
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -228,18 +228,6 @@ def tokenizer_special_tokens(path: str) -> list[str]:
     return sorted(tokens)
 
 
-class _LoopThread:
-    """One event loop in a daemon thread. The sync API submits to it from any thread, so the
-    engine's connections and concurrency limits live on one loop instead of one per call."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, name="grm-openrlhf", daemon=True).start()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
-
 class OpenRLHFReward:
     """Answers OpenRLHF reward requests with a GenerativeRewardFn.
 
@@ -258,8 +246,6 @@ class OpenRLHFReward:
     def __init__(self, rm: GenerativeRewardFn, settings: OpenRLHFSettings | None = None) -> None:
         self.rm = rm
         self.settings = settings or OpenRLHFSettings()
-        self._loop_lock = threading.Lock()
-        self._loop: _LoopThread | None = None
 
     @classmethod
     def from_config(
@@ -288,11 +274,9 @@ class OpenRLHFReward:
         prompts: Sequence[str] | None = None,
         labels: Sequence[Any] | None = None,
     ) -> dict[str, Any]:
-        """Sync twin of ``areward``, callable from any thread (OpenRLHF's ``.py`` target)."""
-        with self._loop_lock:
-            if self._loop is None:
-                self._loop = _LoopThread()
-        return self._loop.run(self.areward(queries, prompts, labels))
+        """Sync twin of ``areward``, callable from any thread (OpenRLHF's ``.py`` target); runs on
+        grm-plugin's one shared loop, so concurrency limits hold across OpenRLHF's threads."""
+        return run_sync(self.areward(queries, prompts, labels))
 
     async def areward(
         self,
