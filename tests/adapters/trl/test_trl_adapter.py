@@ -260,15 +260,25 @@ async def test_log_extra_and_metrics() -> None:
         log_metric=rec.log_metric,
         log_extra=rec.log_extra,
     )
-    assert rewards == [3.0, None, 4.0]
-    assert rec.metrics["grm/judge_failures"] == [1.0]
-    assert rec.metrics["grm/judge_failure_rate"] == [pytest.approx(1 / 3)]
-    assert rec.metrics["grm/judge_score_mean"] == [3.5]  # raw 1-10 scores, whatever the scale
+    # the empty completion is not judged: the lowest score, not a failure
+    assert rewards == [3.0, 1.0, 4.0]
+    assert rec.metrics["grm/judge_failures"] == [0.0]
+    assert rec.metrics["grm/judge_score_mean"] == [pytest.approx(8 / 3)]  # raw 1-10 scores
     assert set(rec.extra) == {"grm_principles", "grm_critique", "grm_error"}
     assert all(len(v) == 3 for v in rec.extra.values())  # one value per completion
-    assert all("Accuracy" in p for p in rec.extra["grm_principles"])
-    assert all("Response 1" in c for c in rec.extra["grm_critique"])
-    assert rec.extra["grm_error"][0] == "" and rec.extra["grm_error"][1] != ""
+    assert "Accuracy" in rec.extra["grm_principles"][0]
+    assert "Response 1" in rec.extra["grm_critique"][2]
+    assert rec.extra["grm_error"] == ["", "", ""]
+
+    failing = Recorder()
+    rewards = await GRMReward(engine=FailingEngine(), name="grm")(
+        ["Q", "Q"], ["a", "b"], log_metric=failing.log_metric, log_extra=failing.log_extra
+    )
+    assert rewards == [None, None]
+    assert failing.metrics["grm/judge_failures"] == [2.0]
+    assert failing.metrics["grm/judge_failure_rate"] == [1.0]
+    assert "grm/judge_score_mean" not in failing.metrics  # a NaN would spoil trl's average
+    assert all("unreachable" in e for e in failing.extra["grm_error"])
 
     quiet = Recorder()
     await GRMReward(engine=RuleJudgeEngine(), log_judgments=False)(
