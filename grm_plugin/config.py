@@ -81,6 +81,13 @@ class TransformersEngineConfig(_Strict):
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = Field(8, ge=1, description="sequences generated together")
+    batch_wait: float = Field(
+        0.01,
+        ge=0.0,
+        le=10.0,
+        description="seconds to wait for more concurrent requests to fill a batch "
+        "(0: run what has arrived; larger: fuller batches under load, more latency when idle)",
+    )
     context_window: int | None = Field(None, ge=256)
 
 

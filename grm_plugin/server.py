@@ -142,6 +142,9 @@ def create_app(rm: GenerativeRewardFn, settings: ServerSettings | None = None) -
             return _error(400, "request body is not UTF-8")
         except json.JSONDecodeError as e:
             return _error(400, f"request body is not JSON: {e}")
+        except RecursionError:
+            # e.g. 100,000 nested '[': the parser gives up; a 500 would hide whose fault it was
+            return _error(400, "request body is nested too deeply")
         if not isinstance(data, dict):
             return _error(422, "request body must be a JSON object with a 'query' list")
         try:

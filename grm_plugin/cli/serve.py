@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..adapters.openrlhf import OpenRLHFSettings, load_plugin_config
-from ..config import JudgeConfig
+from ..config import JudgeConfig, TransformersEngineConfig
 from .engine_args import add_judge_args, judge_config_from_args
 
 if TYPE_CHECKING:  # the server module imports fastapi, an optional dependency
@@ -53,6 +53,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tokenizer", help="policy tokenizer whose special tokens are stripped")
     p.add_argument("--strip", action="append", help="a string removed from responses (repeatable)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="local model (--model): requests from concurrent clients generated together (8)",
+    )
+    p.add_argument(
+        "--batch-wait",
+        type=float,
+        help="local model (--model): seconds to wait for more requests to fill a batch (0.01)",
+    )
     add_judge_args(p)
     p.set_defaults(func=run)
 
@@ -66,6 +76,29 @@ def _judge_config(args: argparse.Namespace, judge_section: JudgeConfig) -> Judge
         ns = copy.copy(args)
         ns.config = str(path)
         return judge_config_from_args(ns)
+
+
+def apply_batching(args: argparse.Namespace, cfg: JudgeConfig) -> JudgeConfig:
+    """``--batch-size``/``--batch-wait`` on a local transformers engine; refused elsewhere.
+
+    OpenRLHF sends one sample per request: these decide how many concurrent requests the local
+    engine coalesces into one ``generate`` call. A served engine (``--server``) batches on the
+    server side, so the flags would silently do nothing there: that is an error instead.
+    """
+    given = {
+        key: value
+        for key, value in [("batch_size", args.batch_size), ("batch_wait", args.batch_wait)]
+        if value is not None
+    }
+    if not given:
+        return cfg
+    if not isinstance(cfg.engine, TransformersEngineConfig):
+        raise ValueError(
+            "--batch-size/--batch-wait apply to a local model (--model or engine type "
+            f"'transformers'), not to engine type '{cfg.engine.type}'"
+        )
+    engine = TransformersEngineConfig.model_validate({**cfg.engine.model_dump(), **given})
+    return cfg.model_copy(update={"engine": engine})
 
 
 def build_settings(
@@ -113,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         judge, adapter, server_section = load_plugin_config(args.config)
     else:
         judge, adapter, server_section = JudgeConfig(), OpenRLHFSettings(), {}
-    cfg = _judge_config(args, judge)
+    cfg = apply_batching(args, _judge_config(args, judge))
     settings = build_settings(args, server_section, adapter)
     if settings.host not in _LOOPBACK and settings.token is None:
         print(
@@ -131,6 +164,10 @@ def run(args: argparse.Namespace) -> int:
         log_level="info" if level <= logging.INFO else "warning",
         # OpenRLHF opens a new connection per request; a long keep-alive only holds sockets
         timeout_keep_alive=5,
+        # on SIGTERM/SIGINT uvicorn stops accepting and lets in-flight requests finish; each one
+        # answers within the deadline (fallback at worst), so waiting a little longer than that
+        # loses no reward a rollout worker is waiting for, and a stuck engine cannot hang the exit
+        timeout_graceful_shutdown=int(settings.openrlhf.deadline) + 5,
         # one line per rollout sample is noise, and the URL may carry the token
         access_log=False,
     )

@@ -120,7 +120,9 @@ class TransformersEngine(JudgeEngine):
         self.context_window = config.context_window or getattr(
             self.model.config, "max_position_embeddings", None
         )
-        self._batcher = MicroBatcher(self._generate_batch, max_rows=config.batch_size)
+        self._batcher = MicroBatcher(
+            self._generate_batch, max_rows=config.batch_size, max_wait=config.batch_wait
+        )
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
