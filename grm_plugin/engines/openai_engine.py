@@ -1,12 +1,14 @@
 """Judge through any OpenAI-compatible server with the official ``openai`` async client.
 
 Example:
-    >>> eng = OpenAIEngine(OpenAIEngineConfig(base_url="http://127.0.0.1:8000/v1"))  # doctest: +SKIP
+    >>> cfg = OpenAIEngineConfig(base_url="http://127.0.0.1:8000/v1")
+    >>> eng = OpenAIEngine(cfg)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -78,9 +80,10 @@ class OpenAIEngine(JudgeEngine):
         low = min(r.outstanding for r in self._replicas)
         return random.choice([r for r in self._replicas if r.outstanding == low])
 
-    async def _model_name(self) -> str:
+    async def _model_name(self, start: float) -> str:
         if self._model is None:
-            page = await self._call(lambda c: c.models.list(), time.monotonic())
+            # the item's start: listing models is part of the item's deadline
+            page = await self._call(lambda c: c.models.list(), start)
             ids = [m.id for m in page.data]
             if not ids:
                 raise EngineError("the server lists no models; set engine.model")
@@ -88,7 +91,11 @@ class OpenAIEngine(JudgeEngine):
         return self._model
 
     async def _call(self, fn, start: float):
-        """Call ``fn(client)`` with retries until the deadline."""
+        """Call ``fn(client)`` with retries until the deadline.
+
+        The deadline counts from ``start`` (when the item began) and covers the wait for a
+        concurrency slot too: a request queued behind a slow server must not outlive its item.
+        """
         cfg = self.config
         attempt = 0
         while True:
@@ -96,11 +103,11 @@ class OpenAIEngine(JudgeEngine):
             replica.outstanding += 1
             remaining = cfg.deadline - (time.monotonic() - start)
             try:
-                async with self._semaphore():
-                    return await asyncio.wait_for(
-                        fn(self._client(replica)), timeout=max(0.01, min(cfg.timeout, remaining))
-                    )
-            except (*_RETRYABLE, asyncio.TimeoutError) as e:
+                return await asyncio.wait_for(
+                    self._attempt(fn, replica, start), timeout=max(0.01, remaining)
+                )
+            except (*_RETRYABLE, asyncio.TimeoutError, json.JSONDecodeError) as e:
+                # JSONDecodeError: a truncated or garbled body (proxy or server hiccup)
                 err: Exception = e
             except openai.APIStatusError as e:  # 4xx other than 429: retrying will not help
                 raise EngineError(f"{replica.url}: HTTP {e.status_code}: {e.message}") from e
@@ -120,8 +127,17 @@ class OpenAIEngine(JudgeEngine):
             log.debug("retrying in %.2fs after %r", delay, err)
             await asyncio.sleep(delay)
 
+    async def _attempt(self, fn, replica: _Replica, start: float):
+        """One try: wait for a slot, then call with the per-request timeout (capped by what is
+        left of the deadline once the slot is ours)."""
+        async with self._semaphore():
+            remaining = self.config.deadline - (time.monotonic() - start)
+            return await asyncio.wait_for(
+                fn(self._client(replica)), timeout=max(0.01, min(self.config.timeout, remaining))
+            )
+
     async def _complete(self, request: GenerationRequest, n: int, start: float) -> list[str]:
-        model = await self._model_name()
+        model = await self._model_name(start)
         kwargs = dict(
             model=model,
             messages=request.messages,
