@@ -38,6 +38,12 @@ class SamplingConfig(_Strict):
         None, ge=1, description="samples kept by the meta RM (default k // 2, at least 1)"
     )
     seed: int | None = Field(None, description="seed for the response shuffles")
+    deadline: float | None = Field(
+        None,
+        gt=0,
+        description="total seconds per item, parse retries included; samples still running "
+        "then are cancelled and flagged (None: only the engine's own limits)",
+    )
 
     @model_validator(mode="after")
     def _keep_within_k(self) -> SamplingConfig:

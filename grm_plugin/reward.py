@@ -20,6 +20,7 @@ import logging
 import random
 import secrets
 import threading
+import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -81,6 +82,15 @@ def sample_orders(n: int, k: int, rng: random.Random, shuffle: bool) -> list[tup
     return [tuple(rng.sample(identity, n)) for _ in range(k)]
 
 
+async def _with_timeout(coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+    if timeout is None:
+        return await coro
+    try:
+        return await asyncio.wait_for(coro, timeout)
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"item deadline reached ({timeout:.1f}s left for this round)") from None
+
+
 class _BackgroundLoop:
     """One event loop in a daemon thread, shared by every sync call in the process, so engine
     clients, connection pools and concurrency limits are shared too (one loop per call would
@@ -121,6 +131,7 @@ class GenerativeRewardFn:
         samples: k judgments per item (greedy when 1, else ``temperature``).
         meta_rm: a ``MetaRewardModel``; when given, only the ``keep`` best-rated samples vote.
         keep: samples kept by the meta RM (default ``samples // 2``, at least 1).
+        deadline: total seconds per item, retries included (None: the engine's limits only).
         principles: a rubric added to every prompt.
         empty_response_score: score for empty responses (None: not judged, flagged, score None).
 
@@ -141,6 +152,7 @@ class GenerativeRewardFn:
         parse_retries: int = 2,
         keep: int | None = None,
         seed: int | None = None,
+        deadline: float | None = None,
         meta_rm: MetaRewardModel | None = None,
         principles: str | None = None,
         empty_response_score: float | None = None,
@@ -153,6 +165,7 @@ class GenerativeRewardFn:
             parse_retries=parse_retries,
             keep=keep,
             seed=seed,
+            deadline=deadline,
         )
         self._setup(sampling, meta_rm, principles, empty_response_score)
         self.engine: JudgeEngine = make_engine(engine)
@@ -372,13 +385,27 @@ class GenerativeRewardFn:
         nonce = secrets.token_hex(4)
         samples: list[Sample] = []
         missing = cfg.samples
+        started = time.monotonic()
         for attempt in range(cfg.parse_retries + 1):
+            remaining = (
+                None if cfg.deadline is None else cfg.deadline - (time.monotonic() - started)
+            )
+            if remaining is not None and remaining <= 0:
+                break  # no time left for another round: what failed stays failed
             temperature = cfg.temperature if cfg.samples > 1 else 0.0
             if attempt > 0 and temperature == 0.0:
                 temperature = cfg.retry_temperature  # greedy would repeat the same failure
             orders = sample_orders(n, missing, rng, cfg.shuffle)
             new = await self._run_orders(
-                prompt, shown_texts, reference, orders, nonce, temperature, attempt, originals
+                prompt,
+                shown_texts,
+                reference,
+                orders,
+                nonce,
+                temperature,
+                attempt,
+                originals,
+                remaining,
             )
             samples += new
             parse_failures = sum(1 for s in new if s.failure and s.failure.startswith("parse"))
@@ -398,6 +425,7 @@ class GenerativeRewardFn:
         temperature: float,
         attempt: int,
         originals: list[str],
+        timeout: float | None = None,
     ) -> list[Sample]:
         # one request per distinct order, n = how many samples use it: shares the prompt prefix
         groups: dict[tuple[int, ...], int] = {}
@@ -421,7 +449,8 @@ class GenerativeRewardFn:
                 )
             )
         outputs = await asyncio.gather(
-            *(self.engine.generate(r) for r in requests), return_exceptions=True
+            *(_with_timeout(self.engine.generate(r), timeout) for r in requests),
+            return_exceptions=True,
         )
         samples = []
         for (order, count), out in zip(groups.items(), outputs, strict=True):

@@ -242,3 +242,26 @@ def test_results_serialize():
     assert again == res
     assert pickle.loads(pickle.dumps(res)) == res
     assert asyncio.iscoroutinefunction(GenerativeRewardFn.ascore)
+
+
+class SlowAfterFirst(JudgeEngine):
+    """Answers garbage at once, then hangs: retries must stop at the item deadline."""
+
+    def __init__(self):
+        self.calls = 0
+
+    async def generate(self, request):
+        self.calls += 1
+        if self.calls > 1:
+            await asyncio.sleep(3600)
+        return ["no scores here"] * request.n
+
+
+def test_item_deadline_bounds_parse_retries():
+    eng = SlowAfterFirst()
+    rm = GenerativeRewardFn(eng, samples=1, parse_retries=5, deadline=0.5)
+    res = rm.score("Q", ["a"])
+    assert res.failed and res.scores == [None]
+    assert [s.failure.split(":")[0] for s in res.samples] == ["parse", "engine"]
+    assert "item deadline" in res.samples[1].failure
+    assert eng.calls == 2
