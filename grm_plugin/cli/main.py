@@ -7,10 +7,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import score, serve
+from . import eval as eval_cmd
+from . import meta_rm, score, serve
 
 # each module: register(subparsers) adds its parser and sets ``func(args) -> int``
-SUBCOMMANDS = [score, serve]
+SUBCOMMANDS = [score, serve, meta_rm, eval_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

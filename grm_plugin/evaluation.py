@@ -1,0 +1,402 @@
+"""Accuracy against k (inference-time scaling) for plain voting and meta-RM voting.
+
+All k levels come from one draw of ``max(ks)`` samples per item: level k uses the first k samples
+of that draw, in the order the core drew their response orders (``draw_sequence``). Why that keeps
+response orders balanced: for 2 responses the core shuffles the two orders once per item and then
+alternates them (``reward.sample_orders``), so every even-length prefix holds each order exactly
+k/2 times, and an odd prefix has one extra sample of an order that is random per item (balanced
+over items). For n <= 6 responses it cycles through all permutations, so a prefix uses each order
+at most once more than any other. k = 1 here is one temperature-sampled
+judgment, not the greedy one the core uses when ``samples=1``.
+
+Example:
+    >>> from grm_plugin import GenerativeRewardFn
+    >>> from grm_plugin.meta_rm_data import PreferenceItem
+    >>> from grm_plugin.testing import RuleJudgeEngine
+    >>> items = [PreferenceItem(id="a", prompt="Say hi", responses=["hi", "hello there"], best=1)]
+    >>> rm = GenerativeRewardFn(RuleJudgeEngine(), samples=4, seed=0, parse_retries=0)
+    >>> report = evaluate(draw(rm, items, progress=False), ks=[1, 2, 4])
+    >>> [p.accuracy for p in report.methods["voting"]]
+    [1.0, 1.0, 1.0]
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from .meta_rm import MetaRewardModel
+from .meta_rm_data import (
+    MetaRMRecord,
+    PreferenceItem,
+    is_correct,
+    judge_items,
+    records_from_result,
+)
+from .results import JudgmentResult, Sample
+from .reward import GenerativeRewardFn
+from .voting import argmax_random_tie, select_by_meta, vote
+
+METHODS = ("voting", "meta_rm_voting")
+
+
+class ItemDraw(BaseModel):
+    """One item with every sample the judge drew for it (saved as ``samples.jsonl``)."""
+
+    item: PreferenceItem
+    result: JudgmentResult
+
+
+class PointStats(BaseModel):
+    """Accuracy of one method at one k, with its binomial error bars."""
+
+    k: int
+    n: int = Field(description="items evaluated")
+    correct: int
+    accuracy: float
+    se: float = Field(description="binomial standard error sqrt(p(1-p)/n)")
+    ci95_low: float = Field(description="Wilson 95% interval")
+    ci95_high: float
+    tie_rate: float = Field(description="items whose best scores tied (broken at random)")
+    no_vote_rate: float = Field(description="items with no valid sample: a random pick")
+    acc_best_first: float | None = Field(
+        description="items whose best response is first in the data"
+    )
+    n_best_first: int
+    acc_best_second: float | None = Field(
+        description="items whose best response is second (or later)"
+    )
+    n_best_second: int
+
+
+class LevelStats(BaseModel):
+    """Per k, independent of the method: how often samples failed to parse."""
+
+    k: int
+    samples: int
+    parse_failures: int
+    parse_failure_rate: float
+
+
+class EvalReport(BaseModel):
+    """Everything ``grm-plugin eval`` measures; ``methods[name][i]`` belongs to ``ks[i]``."""
+
+    ks: list[int]
+    n_items: int
+    seed: int
+    keep_rule: str = "keep = max(1, k // 2) by meta score"
+    methods: dict[str, list[PointStats]]
+    levels: list[LevelStats]
+    config: dict = Field(default_factory=dict)
+    timing: dict[str, float] = Field(default_factory=dict)
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (sane at p = 0 or 1, unlike p +- 2 se).
+
+    >>> wilson_interval(0, 0)
+    (0.0, 1.0)
+    """
+    if n == 0:
+        return 0.0, 1.0
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def draw(
+    rm: GenerativeRewardFn, items: Sequence[PreferenceItem], *, progress: bool = True
+) -> list[ItemDraw]:
+    """Judge every item once with ``rm`` (k = ``rm.sampling.samples``), keeping all samples."""
+    results = judge_items(rm, items, progress=progress)
+    return [ItemDraw(item=it, result=res) for it, res in zip(items, results, strict=True)]
+
+
+def add_meta_scores(
+    draws: Sequence[ItemDraw],
+    meta_rm: MetaRewardModel,
+    *,
+    only_ids: set[str] | None = None,
+    progress: bool = True,
+) -> None:
+    """Set ``meta_score`` on every valid sample (of the items in ``only_ids``, if given)."""
+    todo = [d for d in draws if only_ids is None or d.item.id in only_ids]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="meta RM", unit="item")
+    for d in todo:
+        valid = [s for s in d.result.samples if s.scores is not None]
+        if valid:
+            shown = [[d.item.responses[i] for i in s.order] for s in valid]
+            scores = meta_rm.score_judgments(d.item.prompt, shown, [s.text or "" for s in valid])
+            if len(scores) != len(valid):
+                raise ValueError(f"meta RM returned {len(scores)} scores for {len(valid)}")
+            for s, m in zip(valid, scores, strict=True):
+                s.meta_score = float(m)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+
+def draw_sequence(samples: Sequence[Sample]) -> list[Sample]:
+    """First-round samples back in the order the core drew their response orders.
+
+    Why: the core sends one request per distinct order (``n`` = how many samples use it), so its
+    sample list comes grouped by order (A, A, B, B), not alternating (A, B, A, B) as the orders
+    were drawn; a plain prefix would then see one order only. Interleaving the groups round-robin,
+    in their order of first appearance, restores the drawn sequence for enumerated permutations
+    (n <= 6) and leaves random orders (distinct groups of one) as they are.
+    """
+    groups: dict[tuple[int, ...], list[Sample]] = {}
+    for s in samples:
+        groups.setdefault(tuple(s.order), []).append(s)
+    out: list[Sample] = []
+    queues = [list(g) for g in groups.values()]
+    while any(queues):
+        for q in queues:
+            if q:
+                out.append(q.pop(0))
+    return out
+
+
+def samples_at_k(samples: Sequence[Sample], k: int, parse_retries: int = 0) -> list[Sample]:
+    """The samples that level k would have drawn: the first k first-round samples, plus (when the
+    draw re-sampled parse failures) retry samples in draw order while level k still has failures
+    to replace, each failure getting up to ``parse_retries`` replacement tries."""
+    first = draw_sequence([s for s in samples if s.attempt == 0])[:k]
+    retries = [s for s in samples if s.attempt > 0]
+    pending = sum(1 for s in first if s.scores is None and (s.failure or "").startswith("parse"))
+    budget = pending * parse_retries
+    out = list(first)
+    for s in retries:
+        if pending == 0 or budget == 0:
+            break
+        out.append(s)
+        budget -= 1
+        if s.scores is not None:
+            pending -= 1
+    return out
+
+
+def _pick(
+    samples: Sequence[Sample], n: int, method: str, k: int, rng: random.Random
+) -> tuple[int, bool, bool]:
+    """(chosen index, tied, no valid sample) for one item at one level."""
+    valid = [s for s in samples if s.scores is not None]
+    if method == "meta_rm_voting":
+        valid = [s for s in valid if s.meta_score is not None]
+        keep = max(1, k // 2)
+        chosen = select_by_meta([s.meta_score for s in valid], min(keep, len(valid)))
+        valid = [valid[i] for i in chosen]
+    if not valid:
+        return rng.randrange(n), False, True
+    _, sums = vote([s.scores for s in valid], n)  # type: ignore[misc]
+    tied = sums.count(max(sums)) > 1
+    return argmax_random_tie(sums, rng), tied, False
+
+
+def _point(k: int, outcomes: list[tuple[bool, bool, bool, int]]) -> PointStats:
+    n = len(outcomes)
+    correct = sum(o[0] for o in outcomes)
+    p = correct / n if n else 0.0
+    lo, hi = wilson_interval(correct, n)
+    first = [o[0] for o in outcomes if o[3] == 0]
+    second = [o[0] for o in outcomes if o[3] != 0]
+    return PointStats(
+        k=k,
+        n=n,
+        correct=correct,
+        accuracy=p,
+        se=math.sqrt(p * (1 - p) / n) if n else 0.0,
+        ci95_low=lo,
+        ci95_high=hi,
+        tie_rate=sum(o[1] for o in outcomes) / n if n else 0.0,
+        no_vote_rate=sum(o[2] for o in outcomes) / n if n else 0.0,
+        acc_best_first=sum(first) / len(first) if first else None,
+        n_best_first=len(first),
+        acc_best_second=sum(second) / len(second) if second else None,
+        n_best_second=len(second),
+    )
+
+
+def evaluate(
+    draws: Sequence[ItemDraw],
+    ks: Sequence[int],
+    *,
+    seed: int = 0,
+    parse_retries: int = 0,
+    methods: Sequence[str] | None = None,
+) -> EvalReport:
+    """Accuracy per k and method from one draw. Ties (and items with no valid sample) are broken
+    at random with a generator seeded by (seed, k, item id): reproducible, the same item gets
+    independent coin flips at different k, and both methods flip the same coin. Meta-RM voting is
+    reported when every item has meta scores on its valid samples (see ``add_meta_scores``)."""
+    ks = sorted(set(ks))
+    if not ks or ks[0] < 1:
+        raise ValueError("ks must be positive integers")
+    for d in draws:
+        first_round = sum(1 for s in d.result.samples if s.attempt == 0)
+        if d.result.samples and first_round < ks[-1]:
+            raise ValueError(f"item {d.item.id} has {first_round} samples, fewer than k={ks[-1]}")
+    if methods is None:
+        has_meta = all(
+            s.meta_score is not None
+            for d in draws
+            for s in d.result.samples
+            if s.scores is not None
+        )
+        methods = list(METHODS) if has_meta and draws else ["voting"]
+    per_method: dict[str, list[PointStats]] = {m: [] for m in methods}
+    levels = []
+    for k in ks:
+        chosen = [samples_at_k(d.result.samples, k, parse_retries) for d in draws]
+        n_samples = sum(len(c) for c in chosen)
+        fails = sum(1 for c in chosen for s in c if s.scores is None)
+        levels.append(
+            LevelStats(
+                k=k,
+                samples=n_samples,
+                parse_failures=fails,
+                parse_failure_rate=fails / n_samples if n_samples else 0.0,
+            )
+        )
+        for method in methods:
+            outcomes = []
+            for d, c in zip(draws, chosen, strict=True):
+                # no method in the seed: when both methods vote the same samples they pick alike
+                rng = random.Random(f"{seed}|{k}|{d.item.id}")
+                n = len(d.item.responses)
+                pick, tied, none = _pick(c, n, method, k, rng)
+                outcomes.append((pick == d.item.best, tied, none, d.item.best))
+            per_method[method].append(_point(k, outcomes))
+    return EvalReport(ks=ks, n_items=len(draws), seed=seed, methods=per_method, levels=levels)
+
+
+def records_from_draws(draws: Sequence[ItemDraw]) -> list[MetaRMRecord]:
+    """Meta-RM training records from the same samples the evaluation used."""
+    return [r for d in draws for r in records_from_result(d.item, d.result)]
+
+
+def write_draws(draws: Sequence[ItemDraw], path: str | Path) -> None:
+    """Save every sample (JSONL, one item a line) so that a later run can reuse the draw."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("w") as f:
+        for d in draws:
+            f.write(d.model_dump_json() + "\n")
+
+
+def read_draws(path: str | Path) -> list[ItemDraw]:
+    """Load a draw saved by ``write_draws``."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"saved samples not found: {p}")
+    with p.open() as f:
+        return [ItemDraw.model_validate_json(line) for line in f if line.strip()]
+
+
+def correctness(draw_: ItemDraw) -> list[bool | None]:
+    """Per sample: correct, wrong, or None (no scores). Handy for inspecting a draw."""
+    return [
+        None if s.scores is None else is_correct(s.scores, draw_.item.best)
+        for s in draw_.result.samples
+    ]
+
+
+_LABELS: dict[str, str] = {"voting": "voting", "meta_rm_voting": "meta RM voting"}
+
+
+def markdown_table(report: EvalReport) -> str:
+    """The report as a markdown table (accuracy in %, +- 1.96 se, Wilson CI, diagnostics)."""
+    lines = [
+        "| method | k | n | accuracy % | ±1.96·SE | 95% CI (Wilson) | tie rate | no-vote rate "
+        "| acc. best shown 1st in data | acc. best 2nd |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def pct(x: float | None) -> str:
+        return "–" if x is None else f"{100 * x:.1f}"
+
+    for method, points in report.methods.items():
+        for p in points:
+            lines.append(
+                f"| {_LABELS.get(method, method)} | {p.k} | {p.n} | {pct(p.accuracy)} "
+                f"| {100 * 1.96 * p.se:.1f} | [{pct(p.ci95_low)}, {pct(p.ci95_high)}] "
+                f"| {pct(p.tie_rate)} | {pct(p.no_vote_rate)} "
+                f"| {pct(p.acc_best_first)} (n={p.n_best_first}) "
+                f"| {pct(p.acc_best_second)} (n={p.n_best_second}) |"
+            )
+    lines += ["", "| k | samples | parse failures | parse failure rate % |", "|---|---|---|---|"]
+    for lv in report.levels:
+        lines.append(
+            f"| {lv.k} | {lv.samples} | {lv.parse_failures} | {100 * lv.parse_failure_rate:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_accuracy(report: EvalReport, path: str | Path, title: str | None = None) -> Path:
+    """Accuracy (%) against k on a log2 axis, one line per method, Wilson 95% error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and in CI
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    markers = {"voting": "o", "meta_rm_voting": "s"}
+    for i, (method, points) in enumerate(report.methods.items()):
+        ks = [p.k for p in points]
+        acc = [100 * p.accuracy for p in points]
+        err = [
+            [100 * (p.accuracy - p.ci95_low) for p in points],
+            [100 * (p.ci95_high - p.accuracy) for p in points],
+        ]
+        # a small horizontal offset keeps the two methods' error bars apart
+        shifted = [k * (1 + 0.03 * (i - 0.5)) for k in ks]
+        ax.errorbar(
+            shifted,
+            acc,
+            yerr=err,
+            marker=markers.get(method, "^"),
+            capsize=3,
+            label=_LABELS.get(method, method),
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(report.ks)
+    ax.set_xticklabels([str(k) for k in report.ks])
+    ax.axhline(50, color="grey", linestyle=":", linewidth=1, label="chance (2 responses)")
+    ax.set_xlabel("k (sampled judgments per item)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title or f"Accuracy vs k ({report.n_items} items, 95% CI)")
+    ax.legend()
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def write_report(
+    report: EvalReport, out_dir: str | Path, title: str | None = None
+) -> dict[str, Path]:
+    """Write ``report.json``, ``report.md`` and ``accuracy_vs_k.png`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": out / "report.json",
+        "markdown": out / "report.md",
+        "plot": out / "accuracy_vs_k.png",
+    }
+    paths["json"].write_text(report.model_dump_json(indent=2))
+    paths["markdown"].write_text(markdown_table(report))
+    plot_accuracy(report, paths["plot"], title)
+    return paths

