@@ -148,13 +148,13 @@ def add_meta_scores(
 
 
 def draw_sequence(samples: Sequence[Sample]) -> list[Sample]:
-    """First-round samples back in the order the core drew their response orders.
+    """First-round samples in the order the core drew their response orders.
 
-    Why: the core sends one request per distinct order (``n`` = how many samples use it), so its
-    sample list comes grouped by order (A, A, B, B), not alternating (A, B, A, B) as the orders
-    were drawn; a plain prefix would then see one order only. Interleaving the groups round-robin,
-    in their order of first appearance, restores the drawn sequence for enumerated permutations
-    (n <= 6) and leaves random orders (distinct groups of one) as they are.
+    The core returns samples in that order; draws saved by earlier builds (such as the one in
+    ``results/issue4``) came grouped by order (A, A, B, B) because the core sends one request per
+    distinct order. Interleaving the groups round-robin, in their order of first appearance,
+    restores the drawn sequence for enumerated permutations (n <= 6), is the identity on draws
+    already in that order, and leaves random orders (distinct groups of one) as they are.
     """
     groups: dict[tuple[int, ...], list[Sample]] = {}
     for s in samples:

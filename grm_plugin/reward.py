@@ -452,20 +452,30 @@ class GenerativeRewardFn:
             *(_with_timeout(self.engine.generate(r), timeout) for r in requests),
             return_exceptions=True,
         )
-        samples = []
+        by_order: dict[tuple[int, ...], list[Sample]] = {}
         for (order, count), out in zip(groups.items(), outputs, strict=True):
             if isinstance(out, BaseException):
                 if not isinstance(out, Exception):
                     raise out
                 failure = f"engine: {type(out).__name__}: {out}"
-                samples += [
+                by_order[order] = [
                     Sample(order=list(order), attempt=attempt, failure=failure)
                     for _ in range(count)
                 ]
-                continue
-            for text in out:
-                samples.append(self._parse_sample(text, order, attempt, originals, shown_texts))
-        return samples
+            else:
+                by_order[order] = [
+                    self._parse_sample(text, order, attempt, originals, shown_texts)
+                    for text in out[:count]
+                ]
+                # a custom engine that returns too few texts costs those samples, not the item
+                short = f"engine: returned {len(out)} texts for n={count}"
+                by_order[order] += [
+                    Sample(order=list(order), attempt=attempt, failure=short)
+                    for _ in range(count - len(out))
+                ]
+        # back in the order the orders were drawn, so that the first j samples are what k = j
+        # would have drawn (evaluation subsamples one draw for every k)
+        return [by_order[o].pop(0) for o in orders]
 
     @staticmethod
     def _parse_sample(

@@ -64,7 +64,8 @@ def test_draw_calls_the_judge_once_for_max_k_with_balanced_orders():
     draws = draw(rm, items(3, 1, 0), progress=False)
     assert sum(r.n for r in engine.requests) == 4 * 4  # 4 items x max k, nothing more
     for d in draws:
-        orders = [tuple(s.order) for s in draw_sequence(d.result.samples)]
+        orders = [tuple(s.order) for s in d.result.samples]
+        assert draw_sequence(d.result.samples) == d.result.samples  # the core's own order
         assert sorted(orders[:2]) == [(0, 1), (1, 0)]  # alternating: even prefixes balanced
         assert orders[:2] == orders[2:]
     report = evaluate(draws, [1, 2, 4])
@@ -78,7 +79,7 @@ def test_too_few_samples_for_the_largest_k_is_an_error():
         evaluate([d], [1, 2])
 
 
-def test_draw_sequence_interleaves_the_core_grouping():
+def test_draw_sequence_interleaves_draws_saved_grouped_by_order():
     a, b = (0, 1), (1, 0)
     grouped = [_sample([9, 1], a), _sample([8, 1], a), _sample([1, 9], b), _sample([1, 8], b)]
     seq = draw_sequence(grouped)

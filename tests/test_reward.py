@@ -45,6 +45,31 @@ def test_sample_orders_balanced_for_two():
     assert orders.count((0, 1)) == 4 and orders.count((1, 0)) == 4
 
 
+def test_samples_come_back_in_the_order_their_orders_were_drawn():
+    # two responses: the drawn orders alternate (A, B, A, B...), and although the engine gets one
+    # request per order (n = 3 each), the samples must alternate too, so that the first j samples
+    # are what k = j would have drawn (evaluation subsamples one draw for every k)
+    res = GenerativeRewardFn(RuleJudgeEngine(), samples=6, seed=5).score("Q", ["a", "bb"])
+    orders = [tuple(s.order) for s in res.samples]
+    assert all(a != b for a, b in zip(orders, orders[1:], strict=False))
+
+
+class ShortEngine(JudgeEngine):
+    """Returns one text fewer than asked: a buggy custom engine."""
+
+    async def generate(self, request: GenerationRequest) -> list[str]:
+        return ["Final Scores: [[4, 6]]"] * (request.n - 1)
+
+
+def test_engine_returning_too_few_texts_costs_only_those_samples():
+    res = GenerativeRewardFn(ShortEngine(), samples=4, seed=0, parse_retries=0).score(
+        "Q", ["a", "b"]
+    )
+    assert len(res.samples) == 4 and res.num_valid == 2
+    assert sum(s.failure == "engine: returned 1 texts for n=2" for s in res.samples) == 2
+    assert res.scores == [5.0, 5.0]  # one sample of each order: 4/6 and 6/4 mapped back
+
+
 class PositionBiased(JudgeEngine):
     """Always prefers whatever is shown first: voting over both orders must cancel it."""
 
