@@ -1,6 +1,8 @@
 """Judge with offline vLLM (``vllm.LLM``), sampling k judgments per prompt with ``n=k``.
 
-vLLM needs a GPU; it is imported only when this engine is built.
+vLLM needs a GPU; it is imported only when this engine is built. Experimental: no GPU has been
+available to this project's CI yet, so this engine has never been run by our tests. The
+``openai`` engine against ``vllm serve`` is the tested way to use vLLM.
 
 Example:
     >>> eng = VLLMEngine(VLLMEngineConfig(model="Qwen/Qwen2.5-7B-Instruct"))  # doctest: +SKIP
