@@ -159,9 +159,9 @@ def write_results(out: dict) -> None:
         else f"- The engine alone at batch size {eng['batch_size']} (same prompts, one call, no "
         f"server): {eng['throughput_rps']:.2f} requests/s; the server with coalescing gets "
         f"**{out['ratio_with_over_engine']:.0%}** of it. The three runs are one after the "
-        "other on a shared machine; with all requests in one batch (p50 = p99) the server runs "
-        "the same generate call as the engine alone, so the gap is mostly the machine's load "
-        "changing between runs (the server's own cost is milliseconds: server_load.md).\n"
+        "other; coalesced, the server runs the same batched generate calls as the engine alone, "
+        "so a gap between them is mostly the machine's load changing between runs (the "
+        "server's own cost is milliseconds: server_load.md).\n"
     )
     md = f"""# Coalescing OpenRLHF's single-sample requests into engine batches
 
@@ -170,7 +170,8 @@ by {out["requests"]} single-sample OpenRLHF-style requests from {out["clients"]}
 clients on 127.0.0.1. Kept short for this CPU: max_new_tokens {out["max_new_tokens"]}, one
 judgment per request, no parse retries (SmolLM2 never writes the score format, so every reward is
 the flagged fallback; each request is still one full judge generation). Machine:
-{out["machine"]}, shared with other jobs, so absolute numbers are noisy; the ratio is the point.
+{out["machine"]}, possibly shared with other jobs, so absolute numbers are noisy; the ratio is
+the point.
 
 | server | batch size | batch wait (s) | answers OK | requests/s | p50 (s) | p99 (s) |
 |---|---|---|---|---|---|---|
