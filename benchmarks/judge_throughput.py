@@ -256,6 +256,7 @@ def main() -> None:
         f"{platform.python_version()}",
     }
     print(json.dumps(result, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(
         "\n".join(
