@@ -217,11 +217,16 @@ def main() -> None:
         proc, url, model, desc = start_server(args.kind, args.threads, args.parallel)
     try:
         items = load_items(args.items)
-        # the same judge prompts for (a) and (c) as the plugin builds for (b): pairwise, in order
-        msgs = [build_judge_messages(p, r, nonce=secrets.token_hex(4)) for p, r in items]
-        # warm-up: first request pays one-off costs (model load, caches)
-        naive(url, model, msgs[:1], args.max_tokens)
-        a_s = naive(url, model, msgs[: args.naive_items], args.max_tokens)
+
+        # the same judge prompts for (a) and (c) as the plugin builds for (b): pairwise, in order.
+        # Fresh fence codes for every phase, as the plugin draws for (b): re-sending a phase's
+        # exact prompts would hit the server's prefix cache and flatter the later phase.
+        def fresh() -> list[list[dict]]:
+            return [build_judge_messages(p, r, nonce=secrets.token_hex(4)) for p, r in items]
+
+        # warm-up: first requests pay one-off costs (model load, caches, the first burst)
+        saturated(url, model, fresh()[: min(8, len(items))], args.max_tokens)
+        a_s = naive(url, model, fresh()[: args.naive_items], args.max_tokens)
         a = args.naive_items / a_s
         print(f"(a) naive loop: {args.naive_items} judgments in {a_s:.1f}s = {a:.3f}/s", flush=True)
         b_s, b_fail = plugin(url, model, items, args.max_tokens, args.concurrency)
@@ -229,7 +234,7 @@ def main() -> None:
         print(
             f"(b) grm-plugin: {len(items)} in {b_s:.1f}s = {b:.3f}/s ({b_fail} failed)", flush=True
         )
-        c_s = saturated(url, model, msgs, args.max_tokens)
+        c_s = saturated(url, model, fresh(), args.max_tokens)
         c = len(items) / c_s
         print(f"(c) saturated:  {len(items)} in {c_s:.1f}s = {c:.3f}/s", flush=True)
     finally:
