@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from .meta_rm import MetaRewardModel
+from .meta_rm import MetaRewardModel, rate_samples
 from .meta_rm_data import (
     MetaRMRecord,
     PreferenceItem,
@@ -135,12 +135,7 @@ def add_meta_scores(
     for d in todo:
         valid = [s for s in d.result.samples if s.scores is not None]
         if valid:
-            shown = [[d.item.responses[i] for i in s.order] for s in valid]
-            scores = meta_rm.score_judgments(d.item.prompt, shown, [s.text or "" for s in valid])
-            if len(scores) != len(valid):
-                raise ValueError(f"meta RM returned {len(scores)} scores for {len(valid)}")
-            for s, m in zip(valid, scores, strict=True):
-                s.meta_score = float(m)
+            rate_samples(meta_rm, d.item.prompt, d.item.responses, valid)
         if bar is not None:
             bar.update(1)
     if bar is not None:

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from .config import JudgeConfig, SamplingConfig
 from .engines import EngineSpec, JudgeEngine, make_engine
 from .engines.base import GenerationRequest
-from .meta_rm import MetaRewardModel
+from .meta_rm import MetaRewardModel, rate_samples
 from .parsing import parse_judgment
 from .prompt import Conversation, build_judge_messages, fit_responses
 from .results import JudgmentResult, Sample
@@ -506,12 +506,5 @@ class GenerativeRewardFn:
         self, prompt: Conversation, shown_texts: list[str], valid: list[Sample]
     ) -> list[Sample]:
         assert self.meta_rm is not None
-        shown = [[shown_texts[i] for i in s.order] for s in valid]
-        meta = await asyncio.to_thread(
-            self.meta_rm.score_judgments, prompt, shown, [s.text or "" for s in valid]
-        )
-        if len(meta) != len(valid):
-            raise ValueError(f"meta RM returned {len(meta)} scores for {len(valid)} judgments")
-        for s, m in zip(valid, meta, strict=True):
-            s.meta_score = float(m)
+        meta = await asyncio.to_thread(rate_samples, self.meta_rm, prompt, shown_texts, valid)
         return [valid[i] for i in select_by_meta(meta, min(self.keep, len(valid)))]
