@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
 from grm_plugin.config import JudgeConfig
 from grm_plugin.engines import JudgeEngine
+from grm_plugin.parsing import to_unit
 from grm_plugin.prompt import Conversation
 from grm_plugin.results import JudgmentResult
 from grm_plugin.reward import GenerativeRewardFn, run_sync
@@ -264,7 +265,7 @@ class OpenRLHFReward:
         """A 1-10 judge score as reward."""
         if self.settings.reward_scale == "raw":
             return float(score)
-        return min(1.0, max(0.0, (float(score) - 1.0) / 9.0))
+        return min(1.0, max(0.0, to_unit(score)))
 
     # ------------------------------------------------------------------------------ the protocol
 

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from ..config import JudgeConfig
 from ..engines import EngineSpec, JudgeEngine, make_engine
+from ..parsing import to_unit
 from ..results import JudgmentResult
 from ..reward import GenerativeRewardFn, run_sync
 
@@ -213,7 +214,7 @@ class GRMReward:
         if score is None or math.isnan(score):
             return None
         if self.scale == "unit":
-            return (score - 1.0) / 9.0
+            return to_unit(score)
         if self.scale == "raw":
             return score
         return float(self.scale(score))  # type: ignore[operator]

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from grm_plugin.config import JudgeConfig, OpenAIEngineConfig
+from grm_plugin.parsing import to_unit
 from grm_plugin.reward import GenerativeRewardFn
 
 if TYPE_CHECKING:  # verl (and torch) are only needed for the reward manager
@@ -113,7 +114,7 @@ class VerlSettings(BaseModel):
 
     def scale(self, raw: float) -> float:
         """Map a 1-10 judge score to the output scale."""
-        return (raw - 1.0) / 9.0 if self.score_scale == "unit" else float(raw)
+        return to_unit(raw) if self.score_scale == "unit" else float(raw)
 
     @property
     def fallback(self) -> float:

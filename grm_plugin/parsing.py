@@ -20,6 +20,16 @@ from dataclasses import dataclass
 
 SCORE_MIN, SCORE_MAX = 1.0, 10.0
 
+
+def to_unit(score: float) -> float:
+    """A judge score on the 1-10 scale mapped linearly to [0, 1] (1 -> 0.0, 10 -> 1.0).
+
+    >>> to_unit(5.5)
+    0.5
+    """
+    return (float(score) - SCORE_MIN) / (SCORE_MAX - SCORE_MIN)
+
+
 _NUM = r"[-+]?\d+(?:\.\d+)?"
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 _DOUBLE_BRACKET = re.compile(r"\[\[([^\[\]]*)\]\]")
