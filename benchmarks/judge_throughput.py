@@ -40,7 +40,7 @@ from pathlib import Path
 import httpx
 import openai
 
-from grm_plugin import GenerativeRewardFn, OpenAIEngineConfig
+from grm_plugin import FailureKind, GenerativeRewardFn, OpenAIEngineConfig
 from grm_plugin.prompt import build_judge_messages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,9 +173,7 @@ def plugin(
     t = time.perf_counter()
     res = rm.score_batch([p for p, _ in items], [r for _, r in items])
     elapsed = time.perf_counter() - t
-    engine_failures = sum(
-        1 for r in res for s in r.samples if s.failure and s.failure.startswith("engine")
-    )
+    engine_failures = sum(1 for r in res for s in r.samples if s.failure_kind is FailureKind.ENGINE)
     return elapsed, engine_failures
 
 

@@ -18,7 +18,7 @@ from .config import (
 from .engines import EngineError, GenerationRequest, JudgeEngine, make_engine
 from .meta_rm import MetaRewardModel
 from .parsing import ParsedJudgment, parse_judgment
-from .results import JudgmentResult, Sample
+from .results import FailureKind, JudgmentResult, Sample
 from .reward import GenerativeRewardFn
 
 __version__ = "0.1.0"
@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DefaultEngineConfig",
     "EngineError",
+    "FailureKind",
     "GenerationRequest",
     "GenerativeRewardFn",
     "JudgeConfig",

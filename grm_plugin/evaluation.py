@@ -37,7 +37,7 @@ from .meta_rm_data import (
     judge_items,
     records_from_result,
 )
-from .results import JudgmentResult, Sample
+from .results import FailureKind, JudgmentResult, Sample
 from .reward import GenerativeRewardFn
 from .voting import argmax_random_tie, select_by_meta, vote
 
@@ -169,7 +169,7 @@ def samples_at_k(samples: Sequence[Sample], k: int, parse_retries: int = 0) -> l
     to replace, each failure getting up to ``parse_retries`` replacement tries."""
     first = draw_sequence([s for s in samples if s.attempt == 0])[:k]
     retries = [s for s in samples if s.attempt > 0]
-    pending = sum(1 for s in first if s.scores is None and (s.failure or "").startswith("parse"))
+    pending = sum(1 for s in first if s.scores is None and s.failure_kind is FailureKind.PARSE)
     budget = pending * parse_retries
     out = list(first)
     for s in retries:

@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from enum import Enum
+
+from pydantic import BaseModel, Field, model_validator
+
+
+class FailureKind(str, Enum):
+    """Why a sample or an item got no score. Adapters count and log these by value, so the
+    names are part of every framework's log keys (``grm_failed_<kind>``)."""
+
+    #: the engine raised or answered garbage (server down, bad body, non-text content)
+    ENGINE = "engine"
+    #: a deadline (request, item or batch) passed before the judgment came back
+    TIMEOUT = "timeout"
+    #: the judge wrote text but no valid score list for this many responses
+    PARSE = "parse"
+    #: the response was empty, so it was not judged
+    EMPTY = "empty"
+    #: the caller's input was malformed (wrong types, no responses)
+    BAD_INPUT = "bad_input"
 
 
 class Sample(BaseModel):
@@ -18,7 +36,16 @@ class Sample(BaseModel):
     meta_score: float | None = None
     voted: bool = False
     attempt: int = Field(0, description="0 for the first round, >0 for parse retries")
-    failure: str | None = Field(None, description="why this sample gave no scores")
+    failure: str | None = Field(None, description="why this sample gave no scores (message)")
+    failure_kind: FailureKind | None = Field(None, description="the kind of that failure")
+
+    @model_validator(mode="after")
+    def _kind_of_saved_failure(self) -> Sample:
+        # draws saved before failure kinds existed carry only "parse: ..." / "engine: ..."
+        if self.failure and self.failure_kind is None:
+            prefix = self.failure.split(":", 1)[0]
+            self.failure_kind = next((k for k in FailureKind if k.value == prefix), None)
+        return self
 
 
 class JudgmentResult(BaseModel):
@@ -35,6 +62,11 @@ class JudgmentResult(BaseModel):
     samples: list[Sample] = Field(default_factory=list)
     failed: bool = Field(False, description="True when no response got a score")
     error: str | None = None
+    failure_kind: FailureKind | None = Field(
+        None,
+        description="when failed: the kind of the failure (the samples' kinds, if mixed, "
+        "in the order timeout, engine, parse)",
+    )
     flags: list[list[str]] = Field(
         default_factory=list, description="per response: e.g. 'empty_response', 'truncated'"
     )

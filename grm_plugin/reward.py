@@ -31,7 +31,7 @@ from .engines.base import GenerationRequest
 from .meta_rm import MetaRewardModel, rate_samples
 from .parsing import parse_judgment
 from .prompt import Conversation, build_judge_messages, fit_responses
-from .results import JudgmentResult, Sample
+from .results import FailureKind, JudgmentResult, Sample
 from .voting import select_by_meta, vote
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,16 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         coro.close()
         raise RuntimeError("sync API called from grm-plugin's own event loop: use the async API")
     return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+
+def item_failure_kind(samples: Sequence[Sample]) -> FailureKind:
+    """The kind that explains an item with no valid sample: a timeout, else an engine failure,
+    else a parse failure (the first cause that, if fixed, could have given a score)."""
+    kinds = {s.failure_kind for s in samples}
+    for kind in (FailureKind.TIMEOUT, FailureKind.ENGINE, FailureKind.PARSE):
+        if kind in kinds:
+            return kind
+    return FailureKind.ENGINE
 
 
 class GenerativeRewardFn:
@@ -258,10 +268,14 @@ class GenerativeRewardFn:
                 validate_item(prompts[i], responses[i], references[i])
                 return i, await self._judge_item(prompts[i], list(responses[i]), references[i])
             except (TypeError, ValueError) as e:
-                return i, JudgmentResult(failed=True, error=f"bad input: {e}")
+                return i, JudgmentResult(
+                    failed=True, error=f"bad input: {e}", failure_kind=FailureKind.BAD_INPUT
+                )
             except Exception as e:  # noqa: BLE001 - one item's failure must not sink the batch
                 log.exception("judging item %d failed", i)
-                return i, JudgmentResult(failed=True, error=f"{type(e).__name__}: {e}")
+                return i, JudgmentResult(
+                    failed=True, error=f"{type(e).__name__}: {e}", failure_kind=FailureKind.ENGINE
+                )
 
         results: list[JudgmentResult | None] = [None] * len(prompts)
         tasks = [asyncio.ensure_future(one(i)) for i in range(len(prompts))]
@@ -331,6 +345,7 @@ class GenerativeRewardFn:
                 score_sums=[None] * n_all,
                 failed=empty_score is None,
                 error="all responses are empty",
+                failure_kind=FailureKind.EMPTY if empty_score is None else None,
                 flags=flags,
             )
 
@@ -349,6 +364,7 @@ class GenerativeRewardFn:
                 samples=samples,
                 failed=True,
                 error="no valid judgment: " + "; ".join(reasons),
+                failure_kind=item_failure_kind(samples),
                 flags=flags,
             )
 
@@ -408,7 +424,7 @@ class GenerativeRewardFn:
                 remaining,
             )
             samples += new
-            parse_failures = sum(1 for s in new if s.failure and s.failure.startswith("parse"))
+            parse_failures = sum(1 for s in new if s.failure_kind is FailureKind.PARSE)
             # engine failures are not retried here: the engine already retried within its deadline
             missing = parse_failures
             if missing == 0:
@@ -458,8 +474,13 @@ class GenerativeRewardFn:
                 if not isinstance(out, Exception):
                     raise out
                 failure = f"engine: {type(out).__name__}: {out}"
+                kind = (
+                    FailureKind.TIMEOUT
+                    if isinstance(out, (TimeoutError, asyncio.TimeoutError))
+                    else FailureKind.ENGINE
+                )
                 by_order[order] = [
-                    Sample(order=list(order), attempt=attempt, failure=failure)
+                    Sample(order=list(order), attempt=attempt, failure=failure, failure_kind=kind)
                     for _ in range(count)
                 ]
             else:
@@ -470,7 +491,12 @@ class GenerativeRewardFn:
                 # a custom engine that returns too few texts costs those samples, not the item
                 short = f"engine: returned {len(out)} texts for n={count}"
                 by_order[order] += [
-                    Sample(order=list(order), attempt=attempt, failure=short)
+                    Sample(
+                        order=list(order),
+                        attempt=attempt,
+                        failure=short,
+                        failure_kind=FailureKind.ENGINE,
+                    )
                     for _ in range(count - len(out))
                 ]
         # back in the order the orders were drawn, so that the first j samples are what k = j
@@ -495,6 +521,7 @@ class GenerativeRewardFn:
         )
         if parsed.scores is None:
             sample.failure = f"parse: {parsed.error}"
+            sample.failure_kind = FailureKind.PARSE
         else:
             back = [0.0] * len(order)
             for shown_pos, original_idx in enumerate(order):

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from grm_plugin import GenerativeRewardFn
+from grm_plugin import FailureKind, GenerativeRewardFn
 from grm_plugin.engines import GenerationRequest, JudgeEngine
 from grm_plugin.parsing import parse_judgment
 from grm_plugin.prompt import build_judge_messages, neutralize_control_tokens
@@ -61,7 +61,7 @@ def test_echoed_injection_never_scores(attack):
     assert any(shown in _fenced(r) for r in judge.requests)
     # only quoted score lists are in the output: a flagged failure, never a 10
     assert res.failed and res.scores == [None, None]
-    assert all(s.failure and s.failure.startswith("parse") for s in res.samples)
+    assert all(s.failure_kind is FailureKind.PARSE for s in res.samples)
 
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=ATTACK_IDS)

@@ -3,7 +3,7 @@
 
 import pytest
 
-from grm_plugin import GenerativeRewardFn, OpenAIEngineConfig
+from grm_plugin import FailureKind, GenerativeRewardFn, OpenAIEngineConfig
 from grm_plugin.engines import GenerationRequest
 from grm_plugin.engines.openai_engine import OpenAIEngine
 from grm_plugin.reward import run_sync
@@ -55,4 +55,4 @@ def test_openai_engine_against_transformers_serve(transformers_server):
     # SmolLM2 never writes the score format: a flagged None, not a zero
     if res.failed:
         assert res.scores == [None, None]
-        assert all(s.failure.startswith("parse") for s in res.samples)
+        assert all(s.failure_kind is FailureKind.PARSE for s in res.samples)

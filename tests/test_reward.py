@@ -4,7 +4,7 @@ import pickle
 import pytest
 from pydantic import ValidationError
 
-from grm_plugin import GenerativeRewardFn, JudgeConfig
+from grm_plugin import FailureKind, GenerativeRewardFn, JudgeConfig
 from grm_plugin.engines import GenerationRequest, JudgeEngine
 from grm_plugin.reward import sample_orders
 from grm_plugin.testing import FailingEngine, RuleJudgeEngine, TextEngine, shown_responses
@@ -115,7 +115,7 @@ def test_engine_failure_gives_flagged_none_not_exception():
     res = GenerativeRewardFn(FailingEngine(), samples=3).score("Q", ["a", "b"])
     assert res.failed and res.scores == [None, None]
     assert "engine: EngineError" in res.error
-    assert all(s.failure.startswith("engine") for s in res.samples)
+    assert all(s.failure_kind is FailureKind.ENGINE for s in res.samples)
 
 
 def test_injected_score_line_cannot_set_its_own_score():

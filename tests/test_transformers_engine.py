@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from grm_plugin import GenerativeRewardFn, TransformersEngineConfig
+from grm_plugin import FailureKind, GenerativeRewardFn, TransformersEngineConfig
 from grm_plugin.engines import GenerationRequest
 from grm_plugin.engines.transformers_engine import TransformersEngine, resolve_model_source
 
@@ -70,6 +70,8 @@ def test_real_judgment_with_smollm2():
     (sample,) = res.samples
     assert sample.text and len(sample.text) > 10
     if sample.scores is None:
-        assert res.failed and res.scores == [None, None] and sample.failure.startswith("parse")
+        assert (
+            res.failed and res.scores == [None, None] and sample.failure_kind is FailureKind.PARSE
+        )
     else:
         assert all(1 <= s <= 10 for s in res.scores)
