@@ -75,8 +75,13 @@ def build_judge_messages(
     nonce: str,
     principles: str | None = None,
     reference: str | None = None,
+    hint_best: int | None = None,
 ) -> list[Message]:
-    """Chat messages asking the judge to evaluate ``responses``, shown in the given order."""
+    """Chat messages asking the judge to evaluate ``responses``, shown in the given order.
+
+    ``hint_best`` (0-based, in shown order) adds a hint naming the best response: only for
+    collecting training data on items the judge got wrong (SPCT's hinted retry), never for scoring.
+    """
     n = len(responses)
     parts = [
         f"Evaluate {'the response' if n == 1 else f'the {n} responses'} to the conversation below.",
@@ -117,6 +122,8 @@ def build_judge_messages(
             neutralize_control_tokens(r),
             f"<<<RESPONSE {i} END {nonce}>>>",
         ]
+    if hint_best is not None:
+        parts += ["", f"Hint: the best response is Response {hint_best + 1}."]
     parts += [
         "",
         "## Your task",
