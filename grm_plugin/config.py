@@ -14,11 +14,16 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: environment variable naming a JudgeConfig file (YAML/JSON), read by the adapters when no
+#: config is passed to them (it must reach every worker process that scores)
+CONFIG_ENV = "GRM_PLUGIN_CONFIG"
 
 
 class _Strict(BaseModel):
@@ -141,3 +146,29 @@ class JudgeConfig(_Strict):
         text = p.read_text()
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
         return cls.model_validate(data or {})
+
+
+class MissingJudgeConfigError(RuntimeError):
+    """No judge config was given and ``$GRM_PLUGIN_CONFIG`` is not set in this process."""
+
+
+def judge_config_from_env(where: str) -> JudgeConfig:
+    """The JudgeConfig named by ``$GRM_PLUGIN_CONFIG``; raises ``MissingJudgeConfigError``
+    naming the variable when it is unset (a worker silently judging with the demo judge
+    instead of the configured one is worse than a stopped run).
+
+    Example:
+        >>> os.environ.pop(CONFIG_ENV, None) and None
+        >>> judge_config_from_env("verl reward worker")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        grm_plugin.config.MissingJudgeConfigError: verl reward worker: no judge config ...
+    """
+    path = os.environ.get(CONFIG_ENV, "").strip()
+    if not path:
+        raise MissingJudgeConfigError(
+            f"{where}: no judge config was given and ${CONFIG_ENV} is not set in this process; "
+            "set it where the workers run (or pass the config explicitly; the demo judge is "
+            "engine: {type: default})"
+        )
+    return JudgeConfig.load(path)
