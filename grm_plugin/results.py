@@ -38,6 +38,12 @@ class Sample(BaseModel):
     attempt: int = Field(0, description="0 for the first round, >0 for parse retries")
     failure: str | None = Field(None, description="why this sample gave no scores (message)")
     failure_kind: FailureKind | None = Field(None, description="the kind of that failure")
+    messages: list[dict[str, str]] | None = Field(
+        None,
+        exclude=True,
+        description="the chat messages the judge got for this sample (in memory only, never "
+        "saved: SPCT's rejective fine-tuning trains on them)",
+    )
 
     @model_validator(mode="after")
     def _kind_of_saved_failure(self) -> Sample:

@@ -230,11 +230,49 @@ class GenerativeRewardFn:
         return run_sync(self.ascore(prompt, responses, reference))
 
     async def ascore(
-        self, prompt: Conversation, responses: Sequence[str], reference: str | None = None
+        self,
+        prompt: Conversation,
+        responses: Sequence[str],
+        reference: str | None = None,
+        *,
+        hint_best: int | None = None,
     ) -> JudgmentResult:
-        """Async twin of ``score``."""
+        """Async twin of ``score``. ``hint_best`` (index of the best response) adds a hint
+        naming it to every prompt: only for collecting training data (SPCT's hinted retry)."""
         validate_item(prompt, responses, reference)
-        return await self._judge_item(prompt, list(responses), reference)
+        if hint_best is not None and not 0 <= hint_best < len(responses):
+            raise ValueError(f"hint_best={hint_best} but there are {len(responses)} responses")
+        return await self._judge_item(prompt, list(responses), reference, hint_best)
+
+    def judge_messages(
+        self,
+        prompt: Conversation,
+        responses: Sequence[str],
+        order: Sequence[int],
+        *,
+        reference: str | None = None,
+    ) -> list[dict[str, str]]:
+        """The judge's chat messages for ``responses`` shown in ``order`` (``order[j]`` = index
+        of the response shown j-th), built as scoring builds them (template, truncation, a fresh
+        fence code): training prompts for the judge itself, e.g. SPCT's online RL.
+
+        Example:
+            >>> from grm_plugin.testing import RuleJudgeEngine
+            >>> rm = GenerativeRewardFn(RuleJudgeEngine())
+            >>> msgs = rm.judge_messages("Say hi", ["hi", "hello"], [1, 0])
+            >>> text = msgs[1]["content"]
+            >>> text.index("hello") < text.index("RESPONSE 2 BEGIN")
+            True
+        """
+        validate_item(prompt, responses, reference)
+        if sorted(order) != list(range(len(responses))):
+            raise ValueError(f"order {list(order)} is not a permutation of {len(responses)}")
+        if any(not r.strip() for r in responses):
+            raise ValueError("empty responses are never shown to the judge")
+        shown = self._fit(prompt, list(responses), reference)
+        return self._order_messages(
+            prompt, shown, tuple(order), secrets.token_hex(4), reference, None
+        )
 
     def score_batch(
         self,
@@ -331,7 +369,11 @@ class GenerativeRewardFn:
         return fit_responses(responses, int(budget * chars_per_token * 0.95))
 
     async def _judge_item(
-        self, prompt: Conversation, responses: list[str], reference: str | None
+        self,
+        prompt: Conversation,
+        responses: list[str],
+        reference: str | None,
+        hint_best: int | None = None,
     ) -> JudgmentResult:
         n_all = len(responses)
         flags: list[list[str]] = [[] for _ in range(n_all)]
@@ -354,7 +396,8 @@ class GenerativeRewardFn:
             if shown_texts[j] is not responses[i] and shown_texts[j] != responses[i]:
                 flags[i].append("truncated")
 
-        samples = await self._sample(prompt, shown_texts, reference, responses)
+        hint = judged.index(hint_best) if hint_best in judged else None
+        samples = await self._sample(prompt, shown_texts, reference, responses, hint)
         valid = [s for s in samples if s.scores is not None]
         if not valid:
             reasons = sorted({s.failure or "" for s in samples})
@@ -393,6 +436,7 @@ class GenerativeRewardFn:
         shown_texts: list[str],
         reference: str | None,
         originals: list[str],
+        hint_best: int | None = None,
     ) -> list[Sample]:
         """Draw k samples; re-sample parse failures up to ``parse_retries`` rounds."""
         cfg = self.sampling
@@ -422,6 +466,7 @@ class GenerativeRewardFn:
                 attempt,
                 originals,
                 remaining,
+                hint_best,
             )
             samples += new
             parse_failures = sum(1 for s in new if s.failure_kind is FailureKind.PARSE)
@@ -442,6 +487,7 @@ class GenerativeRewardFn:
         attempt: int,
         originals: list[str],
         timeout: float | None = None,
+        hint_best: int | None = None,
     ) -> list[Sample]:
         # one request per distinct order, n = how many samples use it: shares the prompt prefix
         groups: dict[tuple[int, ...], int] = {}
@@ -449,13 +495,7 @@ class GenerativeRewardFn:
             groups[o] = groups.get(o, 0) + 1
         requests = []
         for order, count in groups.items():
-            messages = build_judge_messages(
-                prompt,
-                [shown_texts[i] for i in order],
-                nonce=nonce,
-                principles=self.principles,
-                reference=reference,
-            )
+            messages = self._order_messages(prompt, shown_texts, order, nonce, reference, hint_best)
             requests.append(
                 GenerationRequest(
                     messages,
@@ -469,7 +509,7 @@ class GenerativeRewardFn:
             return_exceptions=True,
         )
         by_order: dict[tuple[int, ...], list[Sample]] = {}
-        for (order, count), out in zip(groups.items(), outputs, strict=True):
+        for (order, count), out, request in zip(groups.items(), outputs, requests, strict=True):
             if isinstance(out, BaseException):
                 if not isinstance(out, Exception):
                     raise out
@@ -499,9 +539,29 @@ class GenerativeRewardFn:
                     )
                     for _ in range(count - len(out))
                 ]
+            for s in by_order[order]:
+                s.messages = request.messages
         # back in the order the orders were drawn, so that the first j samples are what k = j
         # would have drawn (evaluation subsamples one draw for every k)
         return [by_order[o].pop(0) for o in orders]
+
+    def _order_messages(
+        self,
+        prompt: Conversation,
+        shown_texts: list[str],
+        order: tuple[int, ...],
+        nonce: str,
+        reference: str | None,
+        hint_best: int | None,
+    ) -> list[dict[str, str]]:
+        return build_judge_messages(
+            prompt,
+            [shown_texts[i] for i in order],
+            nonce=nonce,
+            principles=self.principles,
+            reference=reference,
+            hint_best=None if hint_best is None else order.index(hint_best),
+        )
 
     @staticmethod
     def _parse_sample(
