@@ -40,7 +40,7 @@ from pathlib import Path
 import httpx
 import openai
 
-from grm_plugin import FailureKind, GenerativeRewardFn, OpenAIEngineConfig
+from grm_plugin import Deadline, FailureKind, GenerativeRewardFn, OpenAIEngineConfig
 from grm_plugin.prompt import build_judge_messages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,9 +162,8 @@ def plugin(
 ) -> tuple[float, int]:
     """(b) grm-plugin: score_batch, one greedy sample per item, no shuffle, no parse retries."""
     rm = GenerativeRewardFn(
-        OpenAIEngineConfig(
-            base_url=url, model=model, concurrency=concurrency, timeout=3600, deadline=7200
-        ),
+        OpenAIEngineConfig(base_url=url, model=model, concurrency=concurrency),
+        deadline=Deadline(request=3600, item=7200),
         samples=1,
         max_new_tokens=max_tokens,
         shuffle=False,

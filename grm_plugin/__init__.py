@@ -15,6 +15,7 @@ from .config import (
     TransformersEngineConfig,
     VLLMEngineConfig,
 )
+from .deadline import Deadline
 from .engines import EngineError, GenerationRequest, JudgeEngine, make_engine
 from .meta_rm import MetaRewardModel
 from .parsing import ParsedJudgment, parse_judgment
@@ -24,6 +25,7 @@ from .reward import GenerativeRewardFn
 __version__ = "0.1.0"
 
 __all__ = [
+    "Deadline",
     "DefaultEngineConfig",
     "EngineError",
     "FailureKind",

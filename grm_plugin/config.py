@@ -16,10 +16,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .deadline import Deadline
 
 #: environment variable naming a JudgeConfig file (YAML/JSON), read by the adapters when no
 #: config is passed to them (it must reach every worker process that scores)
@@ -28,6 +30,18 @@ CONFIG_ENV = "GRM_PLUGIN_CONFIG"
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _refuse_moved(data: Any, section: str, moved: dict[str, str]) -> Any:
+    """Keys that moved elsewhere get an error naming their new place (not just 'extra')."""
+    if isinstance(data, dict):
+        for old, new in moved.items():
+            if old in data:
+                raise ValueError(
+                    f"{section}.{old} is now {new} (one deadline object for the judge: "
+                    f"deadline: {{request: s, item: s, batch: s}} at the top of the judge config)"
+                )
+    return data
 
 
 class SamplingConfig(_Strict):
@@ -43,12 +57,11 @@ class SamplingConfig(_Strict):
         None, ge=1, description="samples kept by the meta RM (default k // 2, at least 1)"
     )
     seed: int | None = Field(None, description="seed for the response shuffles")
-    deadline: float | None = Field(
-        None,
-        gt=0,
-        description="total seconds per item, parse retries included; samples still running "
-        "then are cancelled and flagged (None: only the engine's own limits)",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return _refuse_moved(data, "sampling", {"deadline": "deadline.item"})
 
     @model_validator(mode="after")
     def _keep_within_k(self) -> SamplingConfig:
@@ -66,15 +79,20 @@ class OpenAIEngineConfig(_Strict):
     )
     model: str | None = Field(None, description="served model name; the first listed if None")
     api_key: str = "EMPTY"
-    timeout: float = Field(120.0, gt=0, description="seconds per request")
-    max_retries: int = Field(3, ge=0)
-    deadline: float = Field(600.0, gt=0, description="total seconds for one item, retries included")
+    max_retries: int = Field(3, ge=0, description="retries per request (within the deadline)")
     concurrency: int = Field(64, ge=1, description="requests in flight at once")
     n_mode: Literal["auto", "native", "parallel"] = Field(
         "auto", description="'native': one request with n=k; 'parallel': k requests; 'auto': probe"
     )
     context_window: int | None = Field(None, ge=256, description="tokens; for truncation")
     extra_body: dict = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return _refuse_moved(
+            data, "engine", {"timeout": "deadline.request", "deadline": "deadline.item"}
+        )
 
     @field_validator("base_url")
     @classmethod
@@ -132,6 +150,9 @@ class JudgeConfig(_Strict):
 
     engine: EngineConfig = Field(default_factory=DefaultEngineConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    deadline: Deadline = Field(
+        default_factory=Deadline, description="seconds per request, per item and per batch"
+    )
     principles: str | None = Field(None, description="a user rubric added to the prompt")
     empty_response_score: float | None = Field(
         None, description="score for an empty response (None: flagged, not judged)"

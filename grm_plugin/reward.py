@@ -17,17 +17,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
+import pickle
 import random
 import secrets
 import threading
-import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .config import JudgeConfig, SamplingConfig
+from .deadline import NEVER, Deadline, Expiry
 from .engines import EngineSpec, JudgeEngine, make_engine
-from .engines.base import GenerationRequest
+from .engines.base import EngineError, GenerationRequest
 from .meta_rm import MetaRewardModel, rate_samples
 from .parsing import parse_judgment
 from .prompt import Conversation, build_judge_messages, fit_responses
@@ -82,13 +84,27 @@ def sample_orders(n: int, k: int, rng: random.Random, shuffle: bool) -> list[tup
     return [tuple(rng.sample(identity, n)) for _ in range(k)]
 
 
-async def _with_timeout(coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+class PromptTooLongError(ValueError):
+    """The conversation alone does not fit the engine's context: an input problem."""
+
+
+async def _with_timeout(coro: Coroutine[Any, Any, T], expiry: Expiry) -> T:
+    timeout = expiry.remaining()
     if timeout is None:
         return await coro
     try:
-        return await asyncio.wait_for(coro, timeout)
+        return await asyncio.wait_for(coro, max(timeout, 0.0))
     except asyncio.TimeoutError:
-        raise TimeoutError(f"item deadline reached ({timeout:.1f}s left for this round)") from None
+        raise TimeoutError(
+            f"item deadline reached ({max(timeout, 0.0):.1f}s were left for this round)"
+        ) from None
+
+
+def _cancelled_by_caller() -> bool:
+    """True when the running task itself is being cancelled (not a stray CancelledError that
+    an engine raised on its own, which is that engine's failure)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class _BackgroundLoop:
@@ -98,15 +114,28 @@ class _BackgroundLoop:
 
     _lock = threading.Lock()
     _loop: asyncio.AbstractEventLoop | None = None
+    _pid: int | None = None
 
     @classmethod
     def get(cls) -> asyncio.AbstractEventLoop:
         with cls._lock:
-            if cls._loop is None or cls._loop.is_closed():
+            # a fork()ed child inherits the loop object but not the thread that runs it
+            stale = cls._pid != os.getpid()
+            if stale or cls._loop is None or cls._loop.is_closed():
                 loop = asyncio.new_event_loop()
                 threading.Thread(target=loop.run_forever, daemon=True, name="grm-loop").start()
-                cls._loop = loop
+                cls._loop, cls._pid = loop, os.getpid()
             return cls._loop
+
+    @classmethod
+    def _after_fork_in_child(cls) -> None:
+        # the lock may have been held by another thread of the parent at fork time
+        cls._lock = threading.Lock()
+        cls._loop, cls._pid = None, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_BackgroundLoop._after_fork_in_child)
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -120,6 +149,28 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         coro.close()
         raise RuntimeError("sync API called from grm-plugin's own event loop: use the async API")
     return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+
+def _texts(out: Any) -> bool:
+    """True for what ``generate`` must return: a list of strings (a judge server may answer
+    numbers or nulls, which are its failure, not the caller's bad input)."""
+    return isinstance(out, list) and all(isinstance(t, str) for t in out)
+
+
+def _failed(
+    error: str, kind: FailureKind, responses: Any, flag: str | None = None
+) -> JudgmentResult:
+    """A failed result with one (None) score and flag list per response, when they can be
+    counted (a bad item may not even be a list)."""
+    n = len(responses) if isinstance(responses, Sequence) and not isinstance(responses, str) else 0
+    return JudgmentResult(
+        scores=[None] * n,
+        score_sums=[None] * n,
+        failed=True,
+        error=error,
+        failure_kind=kind,
+        flags=[[flag] if flag else [] for _ in range(n)],
+    )
 
 
 def item_failure_kind(samples: Sequence[Sample]) -> FailureKind:
@@ -141,7 +192,8 @@ class GenerativeRewardFn:
         samples: k judgments per item (greedy when 1, else ``temperature``).
         meta_rm: a ``MetaRewardModel``; when given, only the ``keep`` best-rated samples vote.
         keep: samples kept by the meta RM (default ``samples // 2``, at least 1).
-        deadline: total seconds per item, retries included (None: the engine's limits only).
+        deadline: a ``Deadline`` (or a dict of its parts): seconds per engine request, per item
+            (retries included) and per ``score_batch`` call.
         principles: a rubric added to every prompt.
         empty_response_score: score for empty responses (None: not judged, flagged, score None).
 
@@ -162,7 +214,7 @@ class GenerativeRewardFn:
         parse_retries: int = 2,
         keep: int | None = None,
         seed: int | None = None,
-        deadline: float | None = None,
+        deadline: Deadline | Mapping[str, float | None] | None = None,
         meta_rm: MetaRewardModel | None = None,
         principles: str | None = None,
         empty_response_score: float | None = None,
@@ -175,9 +227,10 @@ class GenerativeRewardFn:
             parse_retries=parse_retries,
             keep=keep,
             seed=seed,
-            deadline=deadline,
         )
-        self._setup(sampling, meta_rm, principles, empty_response_score)
+        self._setup(sampling, meta_rm, principles, empty_response_score, deadline)
+        # a spec (URL, path, config, None) is kept so that the object pickles as its config
+        self._engine_spec = None if isinstance(engine, JudgeEngine) else (engine,)
         self.engine: JudgeEngine = make_engine(engine)
 
     @classmethod
@@ -197,7 +250,14 @@ class GenerativeRewardFn:
         elif isinstance(config, dict):
             config = JudgeConfig.model_validate(config)
         self = cls.__new__(cls)
-        self._setup(config.sampling, meta_rm, config.principles, config.empty_response_score)
+        self._setup(
+            config.sampling,
+            meta_rm,
+            config.principles,
+            config.empty_response_score,
+            config.deadline,
+        )
+        self._engine_spec = (config.engine,) if engine is None else None
         self.engine = engine if engine is not None else make_engine(config.engine)
         return self
 
@@ -207,19 +267,46 @@ class GenerativeRewardFn:
         meta_rm: MetaRewardModel | None,
         principles: str | None,
         empty_response_score: float | None,
+        deadline: Deadline | Mapping[str, float | None] | None = None,
     ) -> None:
         if meta_rm is not None and not isinstance(meta_rm, MetaRewardModel):
             raise TypeError("meta_rm must have a score_judgments(prompt, shown, judgments) method")
+        self.deadline = (
+            deadline if isinstance(deadline, Deadline) else Deadline.model_validate(deadline or {})
+        )
         self.sampling = sampling
         self.meta_rm = meta_rm
         self.principles = principles
         self.empty_response_score = empty_response_score
-        self._item_counter = itertools.count()
+        self._items_started = 0  # an int, not itertools.count: it pickles everywhere
 
     @property
     def keep(self) -> int:
         """How many samples vote when a meta RM is set."""
         return self.sampling.keep or max(1, self.sampling.samples // 2)
+
+    # pickling: engines hold clients, threads and models, so an engine built from a spec is
+    # rebuilt from that spec on the other side (as adapters/trl.py's GRMReward does)
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if self._engine_spec is not None:
+            del state["engine"]
+            return state
+        try:
+            pickle.dumps(self.engine)
+        except Exception as e:
+            raise TypeError(
+                f"cannot pickle this GenerativeRewardFn: its engine {type(self.engine).__name__} "
+                f"does not pickle ({type(e).__name__}: {e}). Build it from a spec instead (a URL, "
+                "a model path, an engine config or GenerativeRewardFn.from_config): it then "
+                "pickles as that spec and the engine is rebuilt where it is unpickled"
+            ) from e
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self._engine_spec is not None:
+            self.engine = make_engine(self._engine_spec[0])
 
     # ----------------------------------------------------------------------------- public API
 
@@ -242,7 +329,8 @@ class GenerativeRewardFn:
         validate_item(prompt, responses, reference)
         if hint_best is not None and not 0 <= hint_best < len(responses):
             raise ValueError(f"hint_best={hint_best} but there are {len(responses)} responses")
-        return await self._judge_item(prompt, list(responses), reference, hint_best)
+        expiry = Expiry.after(self.deadline.item)
+        return await self._judge_item(prompt, list(responses), reference, hint_best, expiry)
 
     def judge_messages(
         self,
@@ -281,9 +369,16 @@ class GenerativeRewardFn:
         references: Sequence[str | None] | None = None,
         *,
         progress: bool = False,
+        deadline: float | None = None,
     ) -> list[JudgmentResult]:
-        """Judge many items concurrently. A bad item gives a failed result, never an exception."""
-        return run_sync(self.ascore_batch(prompts, responses, references, progress=progress))
+        """Judge many items concurrently. A bad item gives a failed result, never an exception.
+
+        Within ``deadline`` seconds (default ``self.deadline.batch``) the call returns: items not
+        judged by then get a failed result of kind ``timeout``, flagged ``timeout``.
+        """
+        return run_sync(
+            self.ascore_batch(prompts, responses, references, progress=progress, deadline=deadline)
+        )
 
     async def ascore_batch(
         self,
@@ -292,28 +387,49 @@ class GenerativeRewardFn:
         references: Sequence[str | None] | None = None,
         *,
         progress: bool = False,
+        deadline: float | None = None,
     ) -> list[JudgmentResult]:
-        """Async twin of ``score_batch``."""
+        """Async twin of ``score_batch``. Cancelling it cancels every item still being judged."""
+        for name, value in (("prompts", prompts), ("responses", responses)):
+            if isinstance(value, str) or not isinstance(value, Sequence):
+                raise TypeError(f"{name} must be a list (one entry per item), got {value!r:.40}")
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} response lists")
         if references is None:
             references = [None] * len(prompts)
+        elif isinstance(references, str) or not isinstance(references, Sequence):
+            # a bare string would otherwise give each item one of its characters
+            raise TypeError(
+                "references must be a list (one reference or None per item), "
+                f"got {references!r:.40}"
+            )
         elif len(references) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(references)} references")
+        batch_seconds = self.deadline.batch if deadline is None else deadline
+        batch = Expiry.after(batch_seconds)
+        item_deadline = self.deadline.item
 
         async def one(i: int) -> tuple[int, JudgmentResult]:
             try:
                 validate_item(prompts[i], responses[i], references[i])
-                return i, await self._judge_item(prompts[i], list(responses[i]), references[i])
             except (TypeError, ValueError) as e:
-                return i, JudgmentResult(
-                    failed=True, error=f"bad input: {e}", failure_kind=FailureKind.BAD_INPUT
+                return i, _failed(f"bad input: {e}", FailureKind.BAD_INPUT, responses[i])
+            expiry = Expiry.after(item_deadline).sooner(batch)
+            try:
+                judged = await self._judge_item(
+                    prompts[i], list(responses[i]), references[i], None, expiry
                 )
+                return i, judged
+            except PromptTooLongError as e:
+                return i, _failed(f"bad input: {e}", FailureKind.BAD_INPUT, responses[i])
+            except asyncio.CancelledError as e:
+                if _cancelled_by_caller():
+                    raise
+                # an engine's own CancelledError (e.g. its worker stopped) is its failure
+                return i, _failed(f"engine: cancelled: {e}", FailureKind.ENGINE, responses[i])
             except Exception as e:  # noqa: BLE001 - one item's failure must not sink the batch
                 log.exception("judging item %d failed", i)
-                return i, JudgmentResult(
-                    failed=True, error=f"{type(e).__name__}: {e}", failure_kind=FailureKind.ENGINE
-                )
+                return i, _failed(f"{type(e).__name__}: {e}", FailureKind.ENGINE, responses[i])
 
         results: list[JudgmentResult | None] = [None] * len(prompts)
         tasks = [asyncio.ensure_future(one(i)) for i in range(len(prompts))]
@@ -322,15 +438,41 @@ class GenerativeRewardFn:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(tasks), desc="judging", unit="item")
+        pending: set[asyncio.Future] = set(tasks)
         try:
-            for fut in asyncio.as_completed(tasks):
-                i, res = await fut
-                results[i] = res
-                if bar is not None:
-                    bar.update(1)
+            while pending:
+                left = batch.remaining()
+                if left is not None and left <= 0:
+                    break
+                done, pending = await asyncio.wait(
+                    pending, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+                for fut in done:
+                    i, res = fut.result()
+                    results[i] = res
+                    if bar is not None:
+                        bar.update(1)
         finally:
+            # on the batch deadline, and when the caller cancels us: nothing keeps judging
+            for fut in pending:
+                fut.cancel()
             if bar is not None:
                 bar.close()
+        if pending:
+            log.warning(
+                "batch deadline (%.1fs) passed: %d of %d items not judged (failed, kind timeout)",
+                batch_seconds,
+                len(pending),
+                len(tasks),
+            )
+        for i, res in enumerate(results):
+            if res is None:
+                results[i] = _failed(
+                    f"batch deadline ({batch_seconds:.1f}s) passed before this item was judged",
+                    FailureKind.TIMEOUT,
+                    responses[i],
+                    flag="timeout",
+                )
         return results  # type: ignore[return-value]
 
     async def aclose(self) -> None:
@@ -341,7 +483,10 @@ class GenerativeRewardFn:
 
     def _rng(self) -> random.Random:
         seed = self.sampling.seed
-        return random.Random(None if seed is None else seed * 1_000_003 + next(self._item_counter))
+        self._items_started += 1
+        if seed is None:
+            return random.Random()
+        return random.Random(seed * 1_000_003 + self._items_started - 1)
 
     def _fit(self, prompt: Conversation, responses: list[str], reference: str | None) -> list[str]:
         """Truncate responses so that prompt + judgment fit the engine's context."""
@@ -360,7 +505,7 @@ class GenerativeRewardFn:
         if tokens <= budget:
             return responses
         if budget <= 0:
-            raise ValueError(
+            raise PromptTooLongError(
                 f"the prompt alone (~{overhead} tokens) leaves no room for the responses in a "
                 f"{window}-token context with {self.sampling.max_new_tokens} new tokens"
             )
@@ -374,6 +519,7 @@ class GenerativeRewardFn:
         responses: list[str],
         reference: str | None,
         hint_best: int | None = None,
+        expiry: Expiry = NEVER,
     ) -> JudgmentResult:
         n_all = len(responses)
         flags: list[list[str]] = [[] for _ in range(n_all)]
@@ -397,7 +543,7 @@ class GenerativeRewardFn:
                 flags[i].append("truncated")
 
         hint = judged.index(hint_best) if hint_best in judged else None
-        samples = await self._sample(prompt, shown_texts, reference, responses, hint)
+        samples = await self._sample(prompt, shown_texts, reference, responses, hint, expiry)
         valid = [s for s in samples if s.scores is not None]
         if not valid:
             reasons = sorted({s.failure or "" for s in samples})
@@ -437,20 +583,18 @@ class GenerativeRewardFn:
         reference: str | None,
         originals: list[str],
         hint_best: int | None = None,
+        expiry: Expiry = NEVER,
     ) -> list[Sample]:
-        """Draw k samples; re-sample parse failures up to ``parse_retries`` rounds."""
+        """Draw k samples; re-sample parse failures up to ``parse_retries`` rounds, all within
+        one ``expiry`` (the item's deadline, or its batch's if sooner)."""
         cfg = self.sampling
         rng = self._rng()
         n = len(shown_texts)
         nonce = secrets.token_hex(4)
         samples: list[Sample] = []
         missing = cfg.samples
-        started = time.monotonic()
         for attempt in range(cfg.parse_retries + 1):
-            remaining = (
-                None if cfg.deadline is None else cfg.deadline - (time.monotonic() - started)
-            )
-            if remaining is not None and remaining <= 0:
+            if attempt > 0 and expiry.passed():
                 break  # no time left for another round: what failed stays failed
             temperature = cfg.temperature if cfg.samples > 1 else 0.0
             if attempt > 0 and temperature == 0.0:
@@ -465,7 +609,7 @@ class GenerativeRewardFn:
                 temperature,
                 attempt,
                 originals,
-                remaining,
+                expiry,
                 hint_best,
             )
             samples += new
@@ -486,7 +630,7 @@ class GenerativeRewardFn:
         temperature: float,
         attempt: int,
         originals: list[str],
-        timeout: float | None = None,
+        expiry: Expiry = NEVER,
         hint_best: int | None = None,
     ) -> list[Sample]:
         # one request per distinct order, n = how many samples use it: shares the prompt prefix
@@ -502,14 +646,26 @@ class GenerativeRewardFn:
                     n=count,
                     temperature=temperature,
                     max_tokens=self.sampling.max_new_tokens,
+                    request_timeout=self.deadline.request,
+                    expiry=expiry,
                 )
             )
+        # the engine gets the expiry too (to stop retrying); this guard covers engines that
+        # ignore it
         outputs = await asyncio.gather(
-            *(_with_timeout(self.engine.generate(r), timeout) for r in requests),
+            *(_with_timeout(self.engine.generate(r), expiry) for r in requests),
             return_exceptions=True,
         )
         by_order: dict[tuple[int, ...], list[Sample]] = {}
         for (order, count), out, request in zip(groups.items(), outputs, requests, strict=True):
+            if isinstance(out, asyncio.CancelledError) and not _cancelled_by_caller():
+                # gather returned, so we were not cancelled: the engine raised it on its own
+                out = EngineError(f"the engine's request was cancelled ({out or 'no reason'})")
+            if not isinstance(out, BaseException) and not _texts(out):
+                out = EngineError(
+                    f"the engine returned {type(out).__name__} {str(out)[:80]!r}, not a list "
+                    "of strings"
+                )
             if isinstance(out, BaseException):
                 if not isinstance(out, Exception):
                     raise out

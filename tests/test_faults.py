@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from grm_plugin import GenerativeRewardFn, OpenAIEngineConfig
+from grm_plugin import Deadline, GenerativeRewardFn, OpenAIEngineConfig
 from grm_plugin.results import JudgmentResult
 
 from .fault_proxy import Fault, FaultProxy
@@ -108,15 +108,18 @@ def _judge(upstream: Upstream, url: str, **engine_kw) -> GenerativeRewardFn:
     # a real CPU server takes seconds to minutes per request (busy shared CPU): cases that do
     # reach it get room to finish; cases that must fail set their own small deadline
     if upstream.kind == "real":
-        base = dict(timeout=300.0, max_retries=3, deadline=600.0)
+        base = dict(request=300.0, max_retries=3, item=600.0)
     else:
-        base = dict(timeout=30.0, max_retries=3, deadline=20.0)
+        base = dict(request=30.0, max_retries=3, item=20.0)
+    kw = base | engine_kw
+    deadline = Deadline(request=kw.pop("request"), item=kw.pop("item"))
     return GenerativeRewardFn(
-        OpenAIEngineConfig(base_url=url, model=upstream.model, **(base | engine_kw)),
+        OpenAIEngineConfig(base_url=url, model=upstream.model, **kw),
         samples=1,
         max_new_tokens=MAX_TOKENS,
         parse_retries=parse_retries,
         seed=0,
+        deadline=deadline,
     )
 
 
@@ -128,9 +131,8 @@ def _run(
     proxy: FaultProxy | None = None,
 ) -> tuple[list[JudgmentResult], float]:
     """Score a small batch; assert the never-raise and bounded-time contract; record the row."""
-    cfg = rm.engine.config
-    rounds = rm.sampling.parse_retries + 1  # each parse-retry round has its own deadline
-    bound = cfg.deadline * rounds + SLACK_S
+    # one item deadline covers every parse-retry round and engine retry
+    bound = rm.deadline.item + SLACK_S
     t = time.monotonic()
     results = rm.score_batch(["What is 2 + 2?"] * items, [["4"]] * items)
     elapsed = time.monotonic() - t
@@ -181,14 +183,14 @@ def _engine_ok(r: JudgmentResult) -> bool:
 
 def test_server_down_at_start(upstream):
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens here
-    rm = _judge(upstream, url, max_retries=2, deadline=6)
+    rm = _judge(upstream, url, max_retries=2, item=6)
     results, _ = _run("server down at start", upstream, rm)
     assert all(_engine_failed(r, "APIConnectionError") for r in results)
 
 
 def test_connection_reset(upstream, proxy):
     proxy.inject(Fault("reset"))
-    rm = _judge(upstream, proxy.url, max_retries=2, deadline=6)
+    rm = _judge(upstream, proxy.url, max_retries=2, item=6)
     results, _ = _run("connection dropped, no answer", upstream, rm, proxy=proxy)
     assert all(_engine_failed(r, "APIConnectionError") for r in results)
     assert proxy.requests == 2 * 3  # 2 items x (1 + 2 retries)
@@ -196,7 +198,7 @@ def test_connection_reset(upstream, proxy):
 
 def test_slow_beyond_timeout(upstream, proxy):
     proxy.inject(Fault("slow", delay=60))
-    rm = _judge(upstream, proxy.url, timeout=1.5, max_retries=5, deadline=5)
+    rm = _judge(upstream, proxy.url, request=1.5, max_retries=5, item=5)
     results, elapsed = _run("slow beyond timeout (60 s > 1.5 s)", upstream, rm, proxy=proxy)
     assert all(_engine_failed(r, "Timeout") for r in results)
     assert elapsed >= 1.5  # it did wait for the timeout: the failure is the server's
@@ -204,7 +206,7 @@ def test_slow_beyond_timeout(upstream, proxy):
 
 def test_http_500_always(upstream, proxy):
     proxy.inject(Fault("status", status=500))
-    rm = _judge(upstream, proxy.url, max_retries=2, deadline=10)
+    rm = _judge(upstream, proxy.url, max_retries=2, item=10)
     results, _ = _run("HTTP 500 always", upstream, rm, proxy=proxy)
     assert all(_engine_failed(r, "InternalServerError") for r in results)
     assert proxy.requests == 2 * 3
@@ -230,7 +232,7 @@ def test_429_retry_after_honoured(upstream, proxy):
 
 def test_429_without_retry_after_always(upstream, proxy):
     proxy.inject(Fault("status", status=429))
-    rm = _judge(upstream, proxy.url, max_retries=3, deadline=8)
+    rm = _judge(upstream, proxy.url, max_retries=3, item=8)
     results, _ = _run("429 without Retry-After, always", upstream, rm, proxy=proxy)
     assert all(_engine_failed(r, "RateLimitError") for r in results)
     assert 2 < proxy.requests <= 2 * 4
@@ -238,7 +240,7 @@ def test_429_without_retry_after_always(upstream, proxy):
 
 def test_429_retry_after_beyond_deadline_gives_up_at_once(upstream, proxy):
     proxy.inject(Fault("status", status=429, retry_after=3600))
-    rm = _judge(upstream, proxy.url, deadline=10)
+    rm = _judge(upstream, proxy.url, item=10)
     results, elapsed = _run("429 + Retry-After: 3600 (> deadline)", upstream, rm, proxy=proxy)
     assert all(_engine_failed(r, "RateLimitError") for r in results)
     assert proxy.requests == 2  # waiting would blow the deadline: no retry
@@ -262,7 +264,7 @@ def test_truncated_body_once_then_recovers(upstream, proxy):
 
 def test_bad_json(upstream, proxy):
     proxy.inject(Fault("bad_json"))
-    rm = _judge(upstream, proxy.url, max_retries=1, deadline=10)
+    rm = _judge(upstream, proxy.url, max_retries=1, item=10)
     results, _ = _run("200 with a body that is not JSON", upstream, rm, proxy=proxy)
     assert all(_engine_failed(r, "JSONDecodeError") for r in results)
 
@@ -288,7 +290,7 @@ def test_queue_wait_counts_against_the_deadline(upstream, proxy):
     # one slot, 16 items, each request held 1.5 s: most items cannot even start before their
     # deadline. They must fail at the deadline, not when the queue finally reaches them (24 s+).
     proxy.inject(Fault("slow", delay=1.5))
-    rm = _judge(upstream, proxy.url, concurrency=1, max_retries=0, deadline=3)
+    rm = _judge(upstream, proxy.url, concurrency=1, max_retries=0, item=3)
     results, _ = _run("queued behind a slow server (1 slot, 16 items)", upstream, rm, 16, proxy)
     assert sum(_engine_failed(r, "Timeout") for r in results) >= 10
 
@@ -302,9 +304,8 @@ def test_server_killed_mid_batch(upstream):
     try:
         with FaultProxy(root) as proxy:
             rm = GenerativeRewardFn(
-                OpenAIEngineConfig(
-                    base_url=proxy.url, model=upstream.model, max_retries=3, deadline=15
-                ),
+                OpenAIEngineConfig(base_url=proxy.url, model=upstream.model, max_retries=3),
+                deadline=Deadline(item=15),
                 samples=2,
                 max_new_tokens=256,  # long enough to be in flight when the kill comes
                 parse_retries=0,

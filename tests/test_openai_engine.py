@@ -3,7 +3,8 @@ import time
 import pytest
 from fastapi.responses import JSONResponse
 
-from grm_plugin import GenerativeRewardFn, OpenAIEngineConfig
+from grm_plugin import Deadline, GenerativeRewardFn, OpenAIEngineConfig
+from grm_plugin.deadline import Expiry
 from grm_plugin.engines import EngineError, GenerationRequest
 from grm_plugin.engines.openai_engine import OpenAIEngine
 from grm_plugin.reward import run_sync
@@ -67,14 +68,20 @@ def test_timeout_then_engine_error_within_deadline():
     with FakeOpenAIServer(lambda b, i: 5.0) as srv:
         t = time.monotonic()
         with pytest.raises(EngineError, match="tries"):
-            gen(engine(srv.url, model="m", timeout=0.3, max_retries=1, deadline=2.0))
+            gen(
+                engine(srv.url, model="m", max_retries=1),
+                request_timeout=0.3,
+                expiry=Expiry.after(2.0),
+            )
         assert time.monotonic() - t < 4.5
 
 
 def test_server_down_gives_flagged_none():
     url = f"http://127.0.0.1:{free_port()}/v1"
     rm = GenerativeRewardFn(
-        OpenAIEngineConfig(base_url=url, model="m", max_retries=1, deadline=3), samples=2
+        OpenAIEngineConfig(base_url=url, model="m", max_retries=1),
+        samples=2,
+        deadline=Deadline(item=3),
     )
     res = rm.score("Q", ["a", "b"])
     assert res.failed and res.scores == [None, None]

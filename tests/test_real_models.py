@@ -37,11 +37,15 @@ def transformers_server():
 
 def test_openai_engine_against_transformers_serve(transformers_server):
     url, model = transformers_server
-    eng = OpenAIEngine(OpenAIEngineConfig(base_url=url, model=model, timeout=120))
+    eng = OpenAIEngine(OpenAIEngineConfig(base_url=url, model=model))
     texts = run_sync(
         eng.generate(
             GenerationRequest(
-                [{"role": "user", "content": "Say hello."}], n=2, temperature=0.7, max_tokens=12
+                [{"role": "user", "content": "Say hello."}],
+                n=2,
+                temperature=0.7,
+                max_tokens=12,
+                request_timeout=120,
             )
         )
     )

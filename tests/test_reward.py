@@ -284,7 +284,7 @@ class SlowAfterFirst(JudgeEngine):
 
 def test_item_deadline_bounds_parse_retries():
     eng = SlowAfterFirst()
-    rm = GenerativeRewardFn(eng, samples=1, parse_retries=5, deadline=0.5)
+    rm = GenerativeRewardFn(eng, samples=1, parse_retries=5, deadline={"item": 0.5})
     res = rm.score("Q", ["a"])
     assert res.failed and res.scores == [None]
     assert [s.failure.split(":")[0] for s in res.samples] == ["parse", "engine"]

@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from . import eval as eval_cmd
-from . import meta_rm, score, serve, spct
+from . import meta_rm, score, serve
 
 # each module: register(subparsers) adds its parser and sets ``func(args) -> int``
-SUBCOMMANDS = [score, serve, meta_rm, eval_cmd, spct]
+SUBCOMMANDS = [score, serve, meta_rm, eval_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

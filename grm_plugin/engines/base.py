@@ -16,6 +16,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from ..deadline import NEVER, Expiry, cap
+
 
 class EngineError(RuntimeError):
     """The engine could not produce text (server down, timeout, bad answer...)."""
@@ -30,6 +32,14 @@ class GenerationRequest:
     temperature: float = 0.0
     max_tokens: int = 768
     seed: int | None = None
+    #: seconds for one request to a judge server, per try (``Deadline.request``; None: no limit)
+    request_timeout: float | None = None
+    #: when the item (or its batch) is abandoned; set once per item, so retries share one clock
+    expiry: Expiry = NEVER
+
+    def attempt_timeout(self) -> float | None:
+        """Seconds one try may take now: ``request_timeout`` capped by what the expiry leaves."""
+        return cap(self.request_timeout, self.expiry)
 
 
 class JudgeEngine(ABC):
