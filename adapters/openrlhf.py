@@ -10,7 +10,10 @@ calling ``reward_func(queries, prompts, labels)`` from a ``.py`` file
 - ``labels``: the dataset's label, "" when there is none; a non-empty label becomes the reference.
 
 and want ``{"rewards": [...], "scores": [...], "extra_logs": {...}}`` back, one entry per query.
-A judge failure never raises: the item gets ``fallback_reward`` and ``grm_failed = 1.0``.
+This module is only that translation (``OpenRLHFProtocol``): what a judgment is worth is the
+core's ``RewardPolicy``, grouping the samples of a prompt is the core's ``GroupBatcher``, HTTP is
+the core's server. A judge failure never raises: OpenRLHF needs a number, so a failed sample
+gets the policy's ``fill`` (the mean of its group's other rewards, else the fallback), flagged.
 
 Example:
     >>> from grm_plugin import GenerativeRewardFn
@@ -24,33 +27,29 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
 
-from grm_plugin.config import JudgeConfig
+from grm_plugin.config import CONFIG_ENV, JudgeConfig
 from grm_plugin.engines import JudgeEngine
-from grm_plugin.parsing import to_unit
+from grm_plugin.grouping import GroupBatcher, Judged, RewardItem
+from grm_plugin.policy import REWARD_KEYS, RewardPolicy, RewardValue
 from grm_plugin.prompt import Conversation
-from grm_plugin.results import JudgmentResult
+from grm_plugin.results import FailureKind, JudgmentResult
 from grm_plugin.reward import GenerativeRewardFn, run_sync
+from grm_plugin.server import ProtocolError, RewardProtocol, ServerSettings, plugin_sections
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-#: environment variable naming the config file of the ``.py`` target
-CONFIG_ENV = "GRM_PLUGIN_CONFIG"
 
 #: OpenRLHF's HTTP client gives up after 180 s; answering within 150 s leaves room for transfer
 DEFAULT_DEADLINE_S = 150.0
@@ -77,9 +76,13 @@ COMMON_SPECIAL_TOKENS = [
     "<｜begin▁of▁sentence｜>",
 ]
 
+#: keys only OpenRLHF's answers carry, next to the policy's ``REWARD_KEYS``
+GROUP_SIZE_KEY = "grm_group_size"  # distinct responses the judge saw together with this one
+PROMPT_MISMATCH_KEY = "grm_prompt_mismatch"  # the prompt was not found in the query
+
 #: the extra_logs keys; every answer carries all of them, because OpenRLHF merges the extra_logs
 #: of a batch key by key and a key missing from one sample breaks its batch split
-LOG_KEYS = ("grm_failed", "grm_timeout", "grm_empty_response", "grm_prompt_mismatch")
+LOG_KEYS: tuple[str, ...] = (*REWARD_KEYS, GROUP_SIZE_KEY, PROMPT_MISMATCH_KEY)
 
 # chat templates whose turns can be read back into messages for the judge
 _CHATML_TURN = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>|$)", re.S)
@@ -89,14 +92,15 @@ _LLAMA3_TURN = re.compile(
 
 
 class OpenRLHFSettings(BaseModel):
-    """How OpenRLHF's requests become judge calls, and judgments become rewards."""
+    """How OpenRLHF's requests become judge calls (the ``openrlhf`` section of a config file).
+
+    ``policy`` decides what a judgment, a failure and an empty response are worth; the rest is
+    how the response is cut out of OpenRLHF's decoded ``query``.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    reward_scale: Literal["unit", "raw"] = Field(
-        "unit", description="'unit': (score - 1) / 9 in [0, 1]; 'raw': the judge's 1-10 score"
-    )
-    fallback_reward: float = Field(0.0, description="reward (and score) when the judge fails")
+    policy: RewardPolicy = Field(default_factory=RewardPolicy)
     tokenizer: str | None = Field(
         None, description="policy tokenizer folder/hub id: its special tokens are stripped"
     )
@@ -106,8 +110,11 @@ class OpenRLHFSettings(BaseModel):
     strip_common_tokens: bool = Field(
         True, description="also strip COMMON_SPECIAL_TOKENS (EOS/pad of common chat models)"
     )
-    deadline: float = Field(
-        DEFAULT_DEADLINE_S, gt=0, description="seconds per request; then the fallback is returned"
+    max_response_chars: int = Field(
+        131072,
+        ge=1024,
+        description="longer responses are cut (flagged grm_truncated) before anything else "
+        "reads them; the judge's context holds less anyway (32k tokens ~ 100k characters)",
     )
 
 
@@ -140,20 +147,13 @@ class OpenRLHFResponse(BaseModel):
     extra_logs: dict[str, list[float]]
 
 
-def label_to_reference(label: Any) -> str | None:
-    """A non-empty label as reference text; None, "" and whitespace give no reference."""
-    if label is None:
-        return None
-    text = label if isinstance(label, str) else json.dumps(label, ensure_ascii=False)
-    return text if text.strip() else None
-
-
 class ResponseExtractor:
     """Recovers the response (and a clean conversation) from OpenRLHF's ``query``.
 
     ``query`` = decode(prompt ids + response ids) with special tokens, so it starts with the
     prompt (unless OpenRLHF cut a too-long prompt from the left, or decoding changed it) and ends
-    with EOS and maybe padding.
+    with EOS and maybe padding. Responses longer than ``limit`` characters are cut first, so
+    no later step (stripping, the judge's parser) ever works on megabytes.
 
     Example:
         >>> ex = ResponseExtractor(["<|im_end|>", "<|endoftext|>"])
@@ -166,8 +166,9 @@ class ResponseExtractor:
     #: prompt tails tried, longest first, to find where the prompt ends when it is no prefix
     ANCHOR_LENGTHS = (256, 64, 16)
 
-    def __init__(self, strip: Sequence[str]) -> None:
+    def __init__(self, strip: Sequence[str], limit: int | None = None) -> None:
         self.strip = sorted({s for s in strip if s}, key=len, reverse=True)
+        self.limit = limit
         # longest first, so that a token containing another one is removed whole
         self._strip_re = re.compile("|".join(map(re.escape, self.strip))) if self.strip else None
 
@@ -178,7 +179,7 @@ class ResponseExtractor:
             strip += COMMON_SPECIAL_TOKENS
         if settings.tokenizer:
             strip += tokenizer_special_tokens(settings.tokenizer)
-        return cls(strip)
+        return cls(strip, settings.max_response_chars)
 
     def clean(self, text: str) -> str:
         """Remove every strip string."""
@@ -186,10 +187,23 @@ class ResponseExtractor:
 
     def response(self, query: str, prompt: str | None) -> tuple[str, bool]:
         """(response, whether the prompt was found in the query)."""
+        text, found, _ = self.cut(query, prompt)
+        return text, found
+
+    def cut(self, query: str, prompt: str | None) -> tuple[str, bool, bool]:
+        """(response, whether the prompt was found, whether the response was cut at ``limit``)."""
+        start, found = self._response_start(query, prompt)
+        end = len(query)
+        truncated = False
+        if self.limit is not None and end - start > self.limit:
+            end, truncated = start + self.limit, True
+        return self.clean(query[start:end]), found, truncated
+
+    def _response_start(self, query: str, prompt: str | None) -> tuple[int, bool]:
         if not prompt:
-            return self.clean(query), prompt is not None
+            return 0, prompt is not None
         if query.startswith(prompt):
-            return self.clean(query[len(prompt) :]), True
+            return len(prompt), True
         # left-truncated or re-decoded prompt: its end is still in the query, just before the
         # response; the first occurrence is taken since the prompt comes first
         tail = prompt.rstrip()
@@ -199,10 +213,12 @@ class ResponseExtractor:
                 continue
             at = query.find(anchor)
             if at >= 0:
-                rest = query[at + len(anchor) :]
+                at += len(anchor)
                 # the whitespace that rstrip() took off the prompt is not part of the response
-                return self.clean(rest[len(rest) - len(rest.lstrip()) :]), True
-        return self.clean(query), False
+                while at < len(query) and query[at].isspace():
+                    at += 1
+                return at, True
+        return 0, False
 
     def conversation(self, prompt: str) -> Conversation:
         """The prompt for the judge: chat turns when the template is known, else clean text."""
@@ -229,45 +245,196 @@ def tokenizer_special_tokens(path: str) -> list[str]:
     return sorted(tokens)
 
 
-class OpenRLHFReward:
-    """Answers OpenRLHF reward requests with a GenerativeRewardFn.
+# ------------------------------------------------------------------------------ the protocol
 
-    Each query is judged on its own (OpenRLHF sends the samples of a prompt separately), with the
-    label as reference. Judge failures, empty responses and the deadline give the fallback reward
-    and a flag in ``extra_logs``; nothing the judge does raises.
+
+@dataclass(frozen=True)
+class _Decoded:
+    """What ``encode`` needs of a request besides the judgments."""
+
+    n: int
+    mismatch: tuple[bool, ...]
+    truncated: tuple[bool, ...]
+    no_prompt: tuple[bool, ...]
+
+
+class OpenRLHFProtocol(RewardProtocol):
+    """OpenRLHF's wire format for the core server (``grm-plugin serve --protocol openrlhf``).
+
+    Items of one request share a group key when they share the prompt and the label, so the
+    core's ``GroupBatcher`` judges the samples of a prompt together, from one request or many.
 
     Example:
-        >>> from grm_plugin.testing import FailingEngine
-        >>> adapter = OpenRLHFReward(GenerativeRewardFn(FailingEngine()))
-        >>> out = adapter.reward(["Q: 2+2? A: 4"], ["Q: 2+2? A: "], ["4"])
-        >>> out["rewards"], out["extra_logs"]["grm_failed"]
-        ([0.0], [1.0])
+        >>> p = OpenRLHFProtocol.from_section({"policy": {"scale": "raw"}})
+        >>> items, state = p.decode({"query": ["Q: 1+1? A: 2"], "prompts": ["Q: 1+1? A: "]})
+        >>> items[0].response, items[0].prompt
+        ('2', 'Q: 1+1? A:')
     """
 
-    def __init__(self, rm: GenerativeRewardFn, settings: OpenRLHFSettings | None = None) -> None:
-        self.rm = rm
+    name: ClassVar[str] = "openrlhf"
+    # OpenRLHF's docs use /get_reward; a bare base URL posts to /
+    paths: ClassVar[tuple[str, ...]] = ("/get_reward", "/")
+    default_deadline: ClassVar[float] = DEFAULT_DEADLINE_S
+
+    def __init__(self, settings: OpenRLHFSettings | None = None) -> None:
         self.settings = settings or OpenRLHFSettings()
 
     @classmethod
-    def from_config(
-        cls, config: str | Path | dict | None = None, *, engine: JudgeEngine | None = None
-    ) -> OpenRLHFReward:
-        """From a plugin config file or dict (see ``load_plugin_config``)."""
-        judge, adapter, _ = load_plugin_config(config if config is not None else {})
-        return cls(GenerativeRewardFn.from_config(judge, engine=engine), adapter)
+    def from_section(
+        cls, section: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+    ) -> OpenRLHFProtocol:
+        """Settings from the ``openrlhf`` section; ``overrides`` (flags) may set the top-level
+        keys and ``policy.<field>`` keys."""
+        data = {**section}
+        policy = dict(data.get("policy") or {})
+        for key, value in (overrides or {}).items():
+            if key.startswith("policy."):
+                policy[key.removeprefix("policy.")] = value
+            elif key == "strip_tokens":
+                data[key] = [*data.get(key, []), *value]
+            else:
+                data[key] = value
+        data["policy"] = policy
+        return cls(OpenRLHFSettings.model_validate(data))
+
+    @property
+    def policy(self) -> RewardPolicy:
+        return self.settings.policy
 
     @cached_property
     def extractor(self) -> ResponseExtractor:
         # cached: reading a tokenizer's special tokens loads the tokenizer
         return ResponseExtractor.from_settings(self.settings)
 
-    def scale(self, score: float) -> float:
-        """A 1-10 judge score as reward."""
-        if self.settings.reward_scale == "raw":
-            return float(score)
-        return min(1.0, max(0.0, to_unit(score)))
+    async def startup(self) -> None:
+        import asyncio
 
-    # ------------------------------------------------------------------------------ the protocol
+        # load the tokenizer (if any) now rather than in the first request's deadline
+        await asyncio.to_thread(lambda: self.extractor)
+
+    def decode(self, data: Any) -> tuple[list[RewardItem], _Decoded]:
+        if not isinstance(data, dict):
+            raise ProtocolError(422, "request body must be a JSON object with a 'query' list")
+        try:
+            request = OpenRLHFRequest.model_validate(data)
+        except ValidationError as e:
+            # include_input=False: do not echo (possibly huge) queries back
+            errors = e.errors(include_url=False, include_input=False, include_context=False)
+            raise ProtocolError(422, "malformed reward request", errors) from None
+        return self._items(request)
+
+    def _items(self, request: OpenRLHFRequest) -> tuple[list[RewardItem], _Decoded]:
+        n = len(request.query)
+        prompts = request.prompts or [None] * n
+        labels = request.labels or [None] * n
+        items, mismatch, truncated, no_prompt = [], [], [], []
+        for i, (query, prompt, label) in enumerate(
+            zip(request.query, prompts, labels, strict=True)
+        ):
+            response, found, cut = self.extractor.cut(query, prompt)
+            if not found:
+                log.warning("prompt not found in query %d: judging the whole query", i)
+            context = self.extractor.conversation(prompt) if prompt else ""
+            reference = self.policy.reference(label)
+            items.append(
+                RewardItem(
+                    # the core refuses an empty conversation
+                    context or "(no prompt given)",
+                    response,
+                    reference,
+                    # the samples of one prompt (same rendered prompt and label) are one group
+                    group=(prompt, reference) if prompt else None,
+                )
+            )
+            mismatch.append(bool(prompt) and not found)
+            truncated.append(cut)
+            no_prompt.append(not context)
+        return items, _Decoded(n, tuple(mismatch), tuple(truncated), tuple(no_prompt))
+
+    def encode(self, state: _Decoded, judged: Sequence[Judged]) -> dict[str, Any]:
+        rows = []
+        for i, j in enumerate(judged):
+            value, reward = self._value(j)
+            value.truncated = value.truncated or state.truncated[i]
+            value.no_prompt = state.no_prompt[i]
+            rows.append((value, reward, j.distinct))
+        return self._answer(rows, state)
+
+    def _value(self, judged: Judged) -> tuple[RewardValue, float]:
+        """This item's value and reward; a failure is filled from its group (OpenRLHF needs a
+        number): the mean of the group's other rewards (zero advantage), else the fallback."""
+        per_response = self.policy.apply(judged.result, max(judged.distinct, 1))
+        members = [per_response[min(m, len(per_response) - 1)] for m in judged.members]
+        mine = members[judged.position]
+        if mine.value is None and mine.error:
+            log.warning("no reward from the judge: %s", mine.error)
+        return mine, self.policy.fill(members)[judged.position]
+
+    def _answer(
+        self, rows: Sequence[tuple[RewardValue, float, int]], state: _Decoded
+    ) -> dict[str, Any]:
+        rewards: list[float] = []
+        logs: dict[str, list[float]] = {k: [] for k in LOG_KEYS}
+        for i, (value, reward, distinct) in enumerate(rows):
+            rewards.append(float(reward))
+            for key, flag in value.flags().items():
+                logs[key].append(flag)
+            logs[GROUP_SIZE_KEY].append(float(distinct))
+            logs[PROMPT_MISMATCH_KEY].append(1.0 if state.mismatch[i] else 0.0)
+        return OpenRLHFResponse(rewards=rewards, scores=list(rewards), extra_logs=logs).model_dump()
+
+    def failure(self, state: _Decoded, kind: FailureKind, error: str) -> dict[str, Any]:
+        value = self.policy.apply(JudgmentResult(failed=True, failure_kind=kind, error=error), 1)[0]
+        row = (value, self.policy.fill([value])[0], 0)
+        return self._answer([row] * state.n, state)
+
+
+# ------------------------------------------------------------------------------ in-process use
+
+
+class OpenRLHFReward:
+    """OpenRLHF's protocol answered in-process (the ``.py`` target), grouping included.
+
+    Example:
+        >>> from grm_plugin.testing import FailingEngine
+        >>> adapter = OpenRLHFReward(GenerativeRewardFn(FailingEngine()))
+        >>> out = adapter.reward(["Q: 2+2? A: 4"], ["Q: 2+2? A: "], ["4"])
+        >>> out["rewards"], out["extra_logs"]["grm_failed"]  # abstained: the scale's middle
+        ([0.5], [1.0])
+    """
+
+    def __init__(
+        self,
+        rm: GenerativeRewardFn,
+        settings: OpenRLHFSettings | None = None,
+        server: ServerSettings | None = None,
+    ) -> None:
+        self.rm = rm
+        self.protocol = OpenRLHFProtocol(settings)
+        self.server = server or ServerSettings(group_window=0.0)
+        self.deadline = self.server.deadline or DEFAULT_DEADLINE_S
+        self.batcher = GroupBatcher(
+            rm,
+            window=self.server.group_window,
+            max_size=self.server.group_size,
+            max_concurrent=self.server.max_concurrent,
+        )
+
+    @property
+    def settings(self) -> OpenRLHFSettings:
+        return self.protocol.settings
+
+    @classmethod
+    def from_config(
+        cls, config: str | Path | dict | None = None, *, engine: JudgeEngine | None = None
+    ) -> OpenRLHFReward:
+        """From a plugin config file or dict (see ``load_plugin_config``)."""
+        judge, adapter, server = load_plugin_config(config if config is not None else {})
+        return cls(
+            GenerativeRewardFn.from_config(judge, engine=engine),
+            adapter,
+            ServerSettings.model_validate(server),
+        )
 
     def reward(
         self,
@@ -276,7 +443,7 @@ class OpenRLHFReward:
         labels: Sequence[Any] | None = None,
     ) -> dict[str, Any]:
         """Sync twin of ``areward``, callable from any thread (OpenRLHF's ``.py`` target); runs on
-        grm-plugin's one shared loop, so concurrency limits hold across OpenRLHF's threads."""
+        grm-plugin's one shared loop, so grouping and concurrency limits hold across threads."""
         return run_sync(self.areward(queries, prompts, labels))
 
     async def areward(
@@ -289,104 +456,35 @@ class OpenRLHFReward:
     ) -> dict[str, Any]:
         """Rewards for OpenRLHF's parallel lists; raises ValueError only on malformed lists.
 
-        ``deadline`` (seconds, default ``settings.deadline``): items not judged by then get the
-        fallback and ``grm_timeout``.
+        ``deadline`` (seconds, default the server settings' or 150): items not judged by then
+        get the failure value and ``grm_failed_timeout``.
         """
+        import asyncio
+
         request = OpenRLHFRequest(query=list(queries), prompts=prompts, labels=labels)
-        n = len(request.query)
-        prompts_ = request.prompts or [None] * n
-        labels_ = request.labels or [None] * n
-        timeout = self.settings.deadline if deadline is None else deadline
-
-        mismatch = [0.0] * n
-        tasks = []
-        for i, (query, prompt, label) in enumerate(
-            zip(request.query, prompts_, labels_, strict=True)
-        ):
-            response, found = self.extractor.response(query, prompt)
-            mismatch[i] = 0.0 if found else 1.0
-            if not found:
-                log.warning("prompt not found in query %d: judging the whole query", i)
-            context = self.extractor.conversation(prompt) if prompt else ""
-            if not context:
-                context = "(no prompt given)"  # the core refuses an empty conversation
-            tasks.append(asyncio.ensure_future(self._judge(context, response, label)))
-
-        done, pending = await asyncio.wait(tasks, timeout=max(timeout, 0.0)) if tasks else ((), ())
-        for t in pending:
-            t.cancel()
-        results = [t.result() if t in done else None for t in tasks]
-        return self._answer(results, mismatch).model_dump()
-
-    async def _judge(self, context: Conversation, response: str, label: Any) -> JudgmentResult:
-        try:
-            return await self.rm.ascore(context, [response], label_to_reference(label))
-        except Exception as e:  # noqa: BLE001 - a judge problem must become the fallback reward
-            log.warning("judging failed: %s: %s", type(e).__name__, e)
-            return JudgmentResult(failed=True, error=f"{type(e).__name__}: {e}")
-
-    def _answer(
-        self, results: Sequence[JudgmentResult | None], mismatch: Sequence[float]
-    ) -> OpenRLHFResponse:
-        rewards: list[float] = []
-        logs: dict[str, list[float]] = {k: [] for k in LOG_KEYS}
-        for res in results:
-            score = res.scores[0] if res is not None and res.scores else None
-            empty = res is not None and any("empty_response" in f for f in res.flags)
-            if score is None and res is not None:
-                log.warning("no reward from the judge: %s", res.error)
-            rewards.append(self.settings.fallback_reward if score is None else self.scale(score))
-            logs["grm_failed"].append(1.0 if score is None else 0.0)
-            logs["grm_timeout"].append(1.0 if res is None else 0.0)
-            logs["grm_empty_response"].append(1.0 if empty else 0.0)
-        logs["grm_prompt_mismatch"] = [float(m) for m in mismatch]
-        return OpenRLHFResponse(rewards=rewards, scores=list(rewards), extra_logs=logs)
-
-    def fallback(self, n: int, *, timeout: bool = False) -> dict[str, Any]:
-        """The answer for n queries that were not judged (``timeout``: the deadline passed)."""
-        results = [None if timeout else JudgmentResult(failed=True)] * n
-        return self._answer(results, [0.0] * n).model_dump()
-
-
-# ---------------------------------------------------------------------------------- config file
+        items, state = self.protocol._items(request)
+        timeout = self.deadline if deadline is None else deadline
+        judged = await asyncio.gather(*(self.batcher.judge(it, timeout=timeout) for it in items))
+        return self.protocol.encode(state, judged)
 
 
 def load_plugin_config(
-    config: str | Path | dict,
+    config: str | Path | Mapping[str, Any],
 ) -> tuple[JudgeConfig, OpenRLHFSettings, dict[str, Any]]:
     """(judge config, adapter settings, server section) from a YAML/JSON file or a dict.
 
     The file is either a plain JudgeConfig, or has sections ``judge`` (a JudgeConfig),
-    ``openrlhf`` (OpenRLHFSettings) and ``server`` (for ``grm-plugin serve``)::
+    ``openrlhf`` (OpenRLHFSettings) and ``server`` (``grm-plugin serve``; its ``group_window``
+    and ``group_size`` also apply to the ``.py`` target)::
 
         judge:
           engine: {type: openai, base_url: http://127.0.0.1:8000/v1}
           sampling: {samples: 4}
-        openrlhf: {reward_scale: unit, fallback_reward: 0.0, tokenizer: Qwen/Qwen2.5-7B-Instruct}
-        server: {port: 5000}
+        openrlhf: {policy: {scale: unit}, tokenizer: Qwen/Qwen2.5-7B-Instruct}
+        server: {port: 5000, group_window: 0.5}
     """
-    if isinstance(config, dict):
-        data = config
-    else:
-        path = Path(config)
-        if not path.is_file():
-            raise FileNotFoundError(f"config not found: {path}")
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        data = data or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"config must be a mapping, got {type(data).__name__}")
-    sections = {"judge", "openrlhf", "server"}
-    if not sections & data.keys():
-        return JudgeConfig.model_validate(data), OpenRLHFSettings(), {}
-    unknown = data.keys() - sections
-    if unknown:
-        raise ValueError(f"unknown config sections {sorted(unknown)}; expected {sorted(sections)}")
-    return (
-        JudgeConfig.model_validate(data.get("judge") or {}),
-        OpenRLHFSettings.model_validate(data.get("openrlhf") or {}),
-        dict(data.get("server") or {}),
-    )
+    judge, section, server = plugin_sections(config, OpenRLHFProtocol.name)
+    return judge, OpenRLHFSettings.model_validate(section), server
 
 
 # ------------------------------------------------------------------------------ the .py target

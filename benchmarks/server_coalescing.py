@@ -104,7 +104,7 @@ async def serve_and_load(args: argparse.Namespace, batch_size: int, batch_wait: 
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    timeouts = sum(a["extra_logs"]["grm_timeout"][0] for a in res.answers)
+    timeouts = sum(a["extra_logs"]["grm_failed_timeout"][0] for a in res.answers)
     return {
         "batch_size": batch_size,
         "batch_wait_s": batch_wait,
@@ -121,12 +121,13 @@ async def serve_and_load(args: argparse.Namespace, batch_size: int, batch_wait: 
 def engine_alone(args: argparse.Namespace) -> dict:
     """The engine's own throughput at ``--batch-size``: same judge prompts, no server."""
     from grm_plugin import GenerativeRewardFn, JudgeConfig, TransformersEngineConfig
-    from grm_plugin.adapters.openrlhf import OpenRLHFReward, OpenRLHFSettings
+    from grm_plugin.adapters.openrlhf import OpenRLHFReward
+    from grm_plugin.server import ServerSettings
 
     engine_cfg = TransformersEngineConfig(model=str(smollm2_gguf()), batch_size=args.batch_size)
     cfg = JudgeConfig.model_validate({**judge_config(args.max_new_tokens), "engine": engine_cfg})
     rm = GenerativeRewardFn.from_config(cfg)
-    adapter = OpenRLHFReward(rm, OpenRLHFSettings(deadline=3000.0))
+    adapter = OpenRLHFReward(rm, server=ServerSettings(deadline=3000.0, group_window=0))
     bodies = [sample_body(i)[0] for i in range(args.requests)]
     # warm-up, as for the server runs
     adapter.reward(bodies[0]["query"], bodies[0]["prompts"], bodies[0]["labels"])

@@ -209,6 +209,7 @@ def serve(port: int, delay: float, seed: int) -> None:
     import uvicorn
 
     from grm_plugin import GenerativeRewardFn
+    from grm_plugin.adapters.openrlhf import DEFAULT_DEADLINE_S, OpenRLHFProtocol
     from grm_plugin.server import ServerSettings, create_app
     from grm_plugin.testing import RuleJudgeEngine
 
@@ -224,15 +225,16 @@ def serve(port: int, delay: float, seed: int) -> None:
             return out
 
     rm = GenerativeRewardFn(DelayedRuleJudge(), samples=1, parse_retries=0)
-    settings = ServerSettings(port=port)
+    # distinct prompts throughout: grouping would only add its window to every request
+    settings = ServerSettings(port=port, group_window=0)
     uvicorn.run(
-        create_app(rm, settings),
+        create_app(rm, OpenRLHFProtocol(), settings),
         host=settings.host,
         port=settings.port,
         log_level="warning",
         timeout_keep_alive=5,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.openrlhf.deadline) + 5,
+        timeout_graceful_shutdown=int(DEFAULT_DEADLINE_S) + 5,
     )
 
 

@@ -1,4 +1,4 @@
-"""The OpenRLHF reward server and adapter, without OpenRLHF installed (default test suite).
+"""The reward server (core) with the OpenRLHF protocol, without OpenRLHF installed (default suite).
 
 The same protocol is exercised with OpenRLHF's own client in tests/adapters/openrlhf.
 """
@@ -6,6 +6,8 @@ The same protocol is exercised with OpenRLHF's own client in tests/adapters/open
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -16,16 +18,19 @@ from grm_plugin import GenerativeRewardFn
 from grm_plugin.adapters import openrlhf as adapter_mod
 from grm_plugin.adapters.openrlhf import (
     LOG_KEYS,
+    OpenRLHFProtocol,
     OpenRLHFReward,
     OpenRLHFSettings,
     ResponseExtractor,
-    label_to_reference,
     load_plugin_config,
 )
 from grm_plugin.cli.main import build_parser
-from grm_plugin.cli.serve import build_settings
-from grm_plugin.engines import JudgeEngine
-from grm_plugin.server import ServerSettings, create_app
+from grm_plugin.cli.serve import build_settings, protocol_overrides
+from grm_plugin.engines import GenerationRequest, JudgeEngine
+from grm_plugin.grouping import GroupBatcher, Judged, RewardItem
+from grm_plugin.policy import RewardPolicy
+from grm_plugin.results import FailureKind, JudgmentResult
+from grm_plugin.server import ServerSettings, create_app, load_protocol
 from grm_plugin.testing import (
     FailingEngine,
     RuleJudgeEngine,
@@ -42,10 +47,24 @@ def body(answer: str, label: str = "", prompt: str = PROMPT) -> dict:
             "labels": [label]}  # fmt: skip
 
 
-def client(engine: JudgeEngine, **kwargs: object) -> TestClient:
-    openrlhf = {k: kwargs.pop(k) for k in list(kwargs) if k in OpenRLHFSettings.model_fields}
-    settings = ServerSettings(openrlhf=OpenRLHFSettings(**openrlhf), **kwargs)
-    return TestClient(create_app(GenerativeRewardFn(engine), settings))
+def app_for(
+    engine: JudgeEngine, policy: dict | None = None, group_window: float = 0.0, **server: object
+):
+    protocol = OpenRLHFProtocol(OpenRLHFSettings(policy=RewardPolicy(**(policy or {}))))
+    settings = ServerSettings(group_window=group_window, **server)
+    return create_app(GenerativeRewardFn(engine), protocol, settings)
+
+
+def client(engine: JudgeEngine, policy: dict | None = None, **server: object) -> TestClient:
+    return TestClient(app_for(engine, policy, **server))
+
+
+async def post_concurrently(app, bodies: list[dict]) -> list[dict]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        rs = await asyncio.gather(*(c.post("/get_reward", json=b) for b in bodies))
+    assert all(r.status_code == 200 for r in rs)
+    return [r.json() for r in rs]
 
 
 class BlockingEngine(RuleJudgeEngine):
@@ -68,41 +87,74 @@ class BlockingEngine(RuleJudgeEngine):
             self.active -= 1
 
 
+def unit(response: str) -> float:
+    return (length_score(response) - 1) / 9
+
+
+# --------------------------------------------------------------------------------- structure
+
+
+def test_the_core_server_and_cli_import_no_adapter():
+    """The core depends on no adapter: the protocol is imported by name when serving."""
+    code = (
+        "import sys, grm_plugin.server, grm_plugin.grouping, grm_plugin.cli.serve, "
+        "grm_plugin.cli.main\n"
+        "print(sorted(m for m in sys.modules if m.startswith('grm_plugin.adapters')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert load_protocol("openrlhf") is OpenRLHFProtocol
+    with pytest.raises(ValueError, match="unknown protocol"):
+        load_protocol("nope")
+
+
 # --------------------------------------------------------------------------------- rewards/flags
 
 
 @pytest.mark.parametrize(("scale", "expected"), [("unit", 5 / 9), ("raw", 6.0)])
 def test_reward_is_the_scaled_judge_score(scale, expected):
     engine = RuleJudgeEngine()
-    r = client(engine, reward_scale=scale).post("/get_reward", json=body("Paris"))
+    r = client(engine, {"scale": scale}).post("/get_reward", json=body("Paris"))
     assert r.status_code == 200
     out = r.json()
     assert out["rewards"] == out["scores"] == [pytest.approx(expected)]
-    assert out["extra_logs"] == {k: [0.0] for k in LOG_KEYS}
+    assert set(out["extra_logs"]) == set(LOG_KEYS)
+    assert out["extra_logs"]["grm_failed"] == [0.0]
+    assert out["extra_logs"]["grm_raw"] == [6.0]
+    assert out["extra_logs"]["grm_group_size"] == [1.0]
     assert [shown_responses(q) for q in engine.requests] == [["Paris"]]
 
 
 def test_root_path_answers_like_get_reward():
     r = client(RuleJudgeEngine()).post("/", json=body("Lyon"))
-    assert r.json()["rewards"] == [pytest.approx((length_score("Lyon") - 1) / 9)]
+    assert r.json()["rewards"] == [pytest.approx(unit("Lyon"))]
 
 
 def test_judge_failure_is_fallback_and_flag_with_http_200():
-    r = client(FailingEngine(), fallback_reward=-1.0).post("/get_reward", json=body("Paris"))
+    policy = {"on_failure": "fallback", "fallback": -1.0}
+    r = client(FailingEngine(), policy).post("/get_reward", json=body("Paris"))
     assert r.status_code == 200
     out = r.json()
     assert out["rewards"] == out["scores"] == [-1.0]
-    assert out["extra_logs"]["grm_failed"] == [1.0]
-    assert out["extra_logs"]["grm_timeout"] == [0.0]
+    logs = out["extra_logs"]
+    assert logs["grm_failed"] == logs["grm_failed_engine"] == [1.0]
+    assert logs["grm_failed_timeout"] == logs["grm_abstained"] == [0.0]
+
+
+def test_abstaining_on_failure_gives_the_scales_middle_alone_and_flags_it():
+    out = client(FailingEngine()).post("/get_reward", json=body("Paris")).json()
+    assert out["rewards"] == [0.5]  # the policy's default: a failure says nothing
+    assert out["extra_logs"]["grm_abstained"] == out["extra_logs"]["grm_failed"] == [1.0]
 
 
 def test_several_queries_in_one_request_keep_their_order():
     engine = RuleJudgeEngine()
     req = {"query": [PROMPT + "ab", PROMPT + "", PROMPT + "abcdef"], "prompts": [PROMPT] * 3}
     out = client(engine).post("/get_reward", json=req).json()
+    # an empty response is not judged: the lowest reward of the scale, flagged as empty
     assert out["rewards"] == pytest.approx([2 / 9, 0.0, 6 / 9])
-    assert out["extra_logs"]["grm_failed"] == [0.0, 1.0, 0.0]
-    assert out["extra_logs"]["grm_empty_response"] == [0.0, 1.0, 0.0]
+    assert out["extra_logs"]["grm_failed"] == [0.0, 0.0, 0.0]
+    assert out["extra_logs"]["grm_empty"] == [0.0, 1.0, 0.0]
 
 
 def test_label_becomes_reference_and_non_string_labels_are_accepted():
@@ -122,33 +174,29 @@ def test_deadline_gives_fallback_and_timeout_flag():
 
     async def run() -> dict:
         engine.release = asyncio.Event()
-        app = create_app(
-            GenerativeRewardFn(engine), ServerSettings(openrlhf=OpenRLHFSettings(deadline=0.2))
-        )
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            r = await c.post("/get_reward", json=body("Paris"))
-            assert r.status_code == 200
-            return r.json()
+        policy = {"on_failure": "fallback", "fallback": 0.0}
+        return (await post_concurrently(app_for(engine, policy, deadline=0.2), [body("x")]))[0]
 
     out = asyncio.run(run())
     assert out["rewards"] == [0.0]
-    assert out["extra_logs"]["grm_timeout"] == [1.0]
+    assert out["extra_logs"]["grm_failed_timeout"] == [1.0]
     assert out["extra_logs"]["grm_failed"] == [1.0]
 
 
-def test_concurrency_limit_queues_requests():
+def test_concurrency_limit_queues_judgments():
     engine = BlockingEngine()
 
     async def run() -> list[dict]:
         engine.release = asyncio.Event()
-        app = create_app(GenerativeRewardFn(engine), ServerSettings(max_concurrent=1))
+        app = app_for(engine, max_concurrent=1)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            posts = [asyncio.ensure_future(c.post("/get_reward", json=body(a))) for a in "ab"]
+            # two prompts: never one group
+            bodies = [body("a", prompt="p1"), body("b", prompt="p2")]
+            posts = [asyncio.ensure_future(c.post("/get_reward", json=b)) for b in bodies]
             while (await c.get("/health")).json()["in_flight"] < 2 or engine.active < 1:
                 await asyncio.sleep(0.01)
-            assert engine.active == 1  # the second request waits for the slot
+            assert engine.active == 1  # the second judgment waits for the slot
             engine.release.set()
             return [(await p).json() for p in posts]
 
@@ -157,10 +205,98 @@ def test_concurrency_limit_queues_requests():
     assert engine.max_active == 1
 
 
+# --------------------------------------------------------------------------------- grouping
+
+
+class RecordingJudge(RuleJudgeEngine):
+    """A rule judge that records which responses each judgment saw together."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[list[str]] = []
+
+    async def generate(self, request: GenerationRequest) -> list[str]:
+        self.seen.append(shown_responses(request))
+        return await super().generate(request)
+
+
+def test_concurrent_samples_of_one_prompt_are_judged_together():
+    judge = RecordingJudge()
+    app = app_for(judge, group_window=5.0, group_size=4)
+    answers = ["Paris", "Lyon", "Nice!", "Marseille"]
+    outs = asyncio.run(post_concurrently(app, [body(a) for a in answers]))
+    # the group filled up (group_size) long before the 5 s window: one judgment of all four
+    assert [sorted(s) for s in judge.seen] == [sorted(answers)]
+    assert [o["rewards"][0] for o in outs] == pytest.approx([unit(a) for a in answers])
+    assert [o["extra_logs"]["grm_group_size"] for o in outs] == [[4.0]] * 4
+
+
+def test_prompts_and_labels_are_never_mixed_and_identical_responses_are_shown_once():
+    judge = RecordingJudge()
+    app = app_for(judge, group_window=0.3, group_size=8)
+    bodies = [
+        body("Paris"),
+        body("Paris"),  # the same response twice: shown once, same reward
+        body("Lyon"),
+        body("Rome", prompt="<|im_start|>user\nCapital of Italy?<|im_end|>\n"),
+        body("Paris", label="Paris"),  # another label: another reference, another group
+    ]
+    outs = asyncio.run(post_concurrently(app, bodies))
+    assert sorted(sorted(s) for s in judge.seen) == [["Lyon", "Paris"], ["Paris"], ["Rome"]]
+    assert outs[0]["rewards"] == outs[1]["rewards"] == [pytest.approx(unit("Paris"))]
+    assert [o["extra_logs"]["grm_group_size"][0] for o in outs] == [2.0, 2.0, 2.0, 1.0, 1.0]
+
+
+def test_a_lone_sample_is_judged_pointwise_when_the_window_closes():
+    judge = RecordingJudge()
+    app = app_for(judge, group_window=0.05, group_size=8)
+    out = asyncio.run(post_concurrently(app, [body("Paris")]))[0]
+    assert judge.seen == [["Paris"]]
+    assert out["rewards"] == [pytest.approx(unit("Paris"))]
+
+
+def test_groups_larger_than_group_size_are_judged_in_chunks():
+    judge = RecordingJudge()
+    app = app_for(judge, group_window=5.0, group_size=3)
+    answers = ["a", "bb", "ccc", "dddd", "eeeee", "ffffff"]
+    asyncio.run(post_concurrently(app, [body(a) for a in answers]))
+    assert sorted(len(s) for s in judge.seen) == [3, 3]
+    assert sorted(r for s in judge.seen for r in s) == answers
+
+
+def test_a_failed_sample_in_a_group_gets_the_mean_of_the_others():
+    # a judgment that scored two of three responses (e.g. k samples that disagree on validity)
+    result = JudgmentResult(scores=[10.0, None, 4.0], score_sums=[10.0, None, 4.0], num_valid=1)
+    protocol = OpenRLHFProtocol()
+    _, state = protocol.decode({"query": ["x"], "prompts": ["p"]})
+    out = protocol.encode(state, [Judged(result, 1, (0, 1, 2), 1)])
+    # abstained: the mean of the group's other rewards, so GRPO gives it zero advantage
+    assert out["rewards"] == [pytest.approx((1.0 + 1 / 3) / 2)]
+    assert out["extra_logs"]["grm_abstained"] == out["extra_logs"]["grm_failed"] == [1.0]
+    lone = JudgmentResult(scores=[None], score_sums=[None], failed=True)
+    alone = protocol.encode(state, [Judged(lone, 0, (0,), 0)])
+    assert alone["rewards"] == [0.5]  # nothing to take the mean of: the scale's middle
+
+
+def test_batcher_answers_each_item_by_its_own_deadline():
+    engine = BlockingEngine()
+
+    async def run():
+        engine.release = asyncio.Event()
+        batcher = GroupBatcher(GenerativeRewardFn(engine), window=0.01, max_size=2)
+        item = RewardItem("q", "a", group="g")
+        return await batcher.judge(item, timeout=0.1)
+
+    judged = asyncio.run(run())
+    assert judged.result.failed and judged.result.failure_kind is FailureKind.TIMEOUT
+
+
 # ------------------------------------------------------------------------------- auth and 4xx
 
 
-def test_bearer_token_or_url_token_required():
+def test_bearer_basic_or_url_token_required():
+    import base64
+
     c = client(RuleJudgeEngine(), token="s3cret")
     assert c.post("/get_reward", json=body("x")).status_code == 401
     bad = {"Authorization": "Bearer wrong"}
@@ -169,6 +305,15 @@ def test_bearer_token_or_url_token_required():
     good = {"Authorization": "Bearer s3cret"}
     assert c.post("/get_reward", json=body("x"), headers=good).status_code == 200
     assert c.post("/get_reward?token=s3cret", json=body("x")).status_code == 200
+    # what a URL http://grm:s3cret@host/ becomes in aiohttp (OpenRLHF's client)
+    basic = {"Authorization": "Basic " + base64.b64encode(b"grm:s3cret").decode()}
+    assert c.post("/get_reward", json=body("x"), headers=basic).status_code == 200
+    wrong_basic = {"Authorization": "Basic " + base64.b64encode(b"s3cret:nope").decode()}
+    assert c.post("/get_reward", json=body("x"), headers=wrong_basic).status_code == 401
+    assert (
+        c.post("/get_reward", json=body("x"), headers={"Authorization": "Basic %%"}).status_code
+        == 401
+    )
     assert c.get("/health").status_code == 200
 
 
@@ -225,6 +370,13 @@ def test_extractor_flags_a_prompt_it_cannot_find():
     )
 
 
+def test_extractor_cuts_long_responses_before_reading_them():
+    ex = ResponseExtractor(["<|im_end|>"], limit=2000)
+    text, found, cut = ex.cut(PROMPT + "w" * 10_000 + "<|im_end|>", PROMPT)
+    assert (len(text), found, cut) == (2000, True, True)
+    assert ex.cut(PROMPT + "w" * 1000, PROMPT)[2] is False
+
+
 def test_prompt_mismatch_is_flagged_in_extra_logs():
     req = {"query": ["abc<|im_end|>"], "prompts": ["zzz"]}
     out = client(RuleJudgeEngine()).post("/", json=req).json()
@@ -247,15 +399,6 @@ def test_chat_templates_become_messages_for_the_judge():
     assert ex.conversation("Question: 2+2?<|im_end|>") == "Question: 2+2?"
 
 
-def test_label_to_reference():
-    assert label_to_reference("") is None
-    assert label_to_reference("  ") is None
-    assert label_to_reference(None) is None
-    assert label_to_reference("42") == "42"
-    assert label_to_reference(42) == "42"
-    assert label_to_reference({"answer": "x"}) == '{"answer": "x"}'
-
-
 # ------------------------------------------------------------------------- sync API and config
 
 
@@ -265,6 +408,19 @@ def test_sync_reward_from_many_threads_shares_one_loop():
     answers = ["a", "bb", "ccc", "dddd", "eeeee", "ffffff"]
     with ThreadPoolExecutor(4) as pool:
         outs = list(pool.map(lambda a: adapter.reward([PROMPT + a], [PROMPT], [""]), answers))
+    assert [o["rewards"][0] for o in outs] == pytest.approx([len(a) / 9 for a in answers])
+
+
+def test_sync_reward_groups_concurrent_threads_of_one_prompt():
+    """The .py target: OpenRLHF calls reward_func from one thread per sample; samples of a
+    prompt that arrive within the window are judged together."""
+    judge = RecordingJudge()
+    server = ServerSettings(group_window=5.0, group_size=4)
+    adapter = OpenRLHFReward(GenerativeRewardFn(judge), server=server)
+    answers = ["a", "bb", "ccc", "dddd"]
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda a: adapter.reward([PROMPT + a], [PROMPT], [""]), answers))
+    assert [sorted(s) for s in judge.seen] == [answers]
     assert [o["rewards"][0] for o in outs] == pytest.approx([len(a) / 9 for a in answers])
 
 
@@ -282,13 +438,13 @@ def test_plugin_config_plain_or_with_sections(tmp_path):
     path = tmp_path / "grm.yaml"
     path.write_text(
         "judge: {sampling: {samples: 2}}\n"
-        "openrlhf: {reward_scale: raw, fallback_reward: 0.5}\n"
-        "server: {port: 6000}\n"
+        "openrlhf: {policy: {scale: raw, on_failure: fallback, fallback: 0.5}}\n"
+        "server: {port: 6000, group_window: 0.2}\n"
     )
     judge, adapter, server = load_plugin_config(path)
     assert judge.sampling.samples == 2
-    assert (adapter.reward_scale, adapter.fallback_reward) == ("raw", 0.5)
-    assert server == {"port": 6000}
+    assert (adapter.policy.scale, adapter.policy.fallback) == ("raw", 0.5)
+    assert server == {"port": 6000, "group_window": 0.2}
     with pytest.raises(ValueError, match="unknown config sections"):
         load_plugin_config({"judge": {}, "trl": {}})
 
@@ -296,18 +452,21 @@ def test_plugin_config_plain_or_with_sections(tmp_path):
 def test_serve_defaults_to_loopback_without_token(monkeypatch):
     monkeypatch.delenv("GRM_PLUGIN_TOKEN", raising=False)
     args = build_parser().parse_args(["serve"])
-    settings = build_settings(args, {}, OpenRLHFSettings())
+    settings = build_settings(args, {})
     assert (settings.host, settings.port, settings.token) == ("127.0.0.1", 5000, None)
+    assert (settings.group_window, settings.group_size) == (0.5, 8)
 
 
 def test_serve_flags_override_config_sections(monkeypatch):
     monkeypatch.setenv("GRM_PLUGIN_TOKEN", "from-env")
     args = build_parser().parse_args(
-        ["serve", "--port", "7000", "--deadline", "30", "--strip", "<eos>", "--reward-scale", "raw"]
-    )
-    adapter = OpenRLHFSettings(strip_tokens=["</s>"], fallback_reward=0.1)
-    settings = build_settings(args, {"host": "10.0.0.1", "port": 6000}, adapter)
+        ["serve", "--port", "7000", "--deadline", "30", "--strip", "<eos>", "--reward-scale",
+         "raw", "--group-window", "2", "--group-size", "16"]
+    )  # fmt: skip
+    settings = build_settings(args, {"host": "10.0.0.1", "port": 6000})
     assert (settings.host, settings.port, settings.token) == ("10.0.0.1", 7000, "from-env")
-    o = settings.openrlhf
-    assert (o.deadline, o.reward_scale, o.fallback_reward) == (30.0, "raw", 0.1)
+    assert (settings.deadline, settings.group_window, settings.group_size) == (30.0, 2.0, 16)
+    section = {"strip_tokens": ["</s>"], "policy": {"fallback": 0.1, "on_failure": "fallback"}}
+    o = OpenRLHFProtocol.from_section(section, protocol_overrides(args)).settings
+    assert (o.policy.scale, o.policy.fallback, o.policy.on_failure) == ("raw", 0.1, "fallback")
     assert o.strip_tokens == ["</s>", "<eos>"]

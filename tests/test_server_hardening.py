@@ -6,6 +6,7 @@ Every refusal is a 4xx with a JSON ``error`` message, and the server keeps servi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import httpx
@@ -13,9 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from grm_plugin import GenerativeRewardFn
-from grm_plugin.adapters.openrlhf import OpenRLHFSettings
+from grm_plugin.adapters.openrlhf import DEFAULT_DEADLINE_S, OpenRLHFProtocol
 from grm_plugin.cli import serve as serve_mod
-from grm_plugin.cli.main import build_parser
+from grm_plugin.cli.main import build_parser, main
+from grm_plugin.engines import GenerationRequest
+from grm_plugin.engines.base import EngineHealth
 from grm_plugin.server import ServerSettings, create_app
 from grm_plugin.testing import RuleJudgeEngine
 
@@ -24,9 +27,10 @@ GOOD = {"query": [PROMPT + "Paris<|im_end|>"], "prompts": [PROMPT], "labels": ["
 JSON = {"content-type": "application/json"}
 
 
-def client(**settings: object) -> TestClient:
+def client(engine: RuleJudgeEngine | None = None, **settings: object) -> TestClient:
     # raise_server_exceptions=False: an unhandled error must show as the 500 a client would get
-    app = create_app(GenerativeRewardFn(RuleJudgeEngine()), ServerSettings(**settings))
+    rm = GenerativeRewardFn(engine or RuleJudgeEngine())
+    app = create_app(rm, OpenRLHFProtocol(), ServerSettings(group_window=0, **settings))
     return TestClient(app, raise_server_exceptions=False)
 
 
@@ -189,7 +193,7 @@ def test_serve_binds_loopback_by_default_and_keeps_urls_out_of_logs(fake_uvicorn
     assert fake_uvicorn["host"] == "127.0.0.1"
     assert fake_uvicorn["access_log"] is False  # ?token=... would be written to the access log
     # in-flight requests get up to their deadline to finish on SIGTERM, and no longer
-    assert fake_uvicorn["timeout_graceful_shutdown"] > OpenRLHFSettings().deadline
+    assert fake_uvicorn["timeout_graceful_shutdown"] > DEFAULT_DEADLINE_S
     assert "warning" not in capsys.readouterr().err
 
 
@@ -203,3 +207,106 @@ def test_serve_warns_when_public_without_token_only(fake_uvicorn, capsys, monkey
     assert "without a token" not in capsys.readouterr().err
     r = TestClient(fake_uvicorn["app"]).post("/get_reward", json=GOOD)
     assert r.status_code == 401  # the env token is enforced, not just silencing the warning
+
+
+def test_serve_uses_the_guarded_protocol_with_limits(fake_uvicorn):
+    assert serve(["--header-timeout", "3", "--max-connections", "50"]) == 0
+    protocol = fake_uvicorn["http"]
+    assert protocol.__name__ == "GuardedH11Protocol"  # header deadline + connection cap
+
+
+# ------------------------------------------------------------------------------ issue 13, 4-8
+
+
+@pytest.mark.parametrize("how", ["env", "flag"])
+def test_an_empty_token_is_refused_at_startup(fake_uvicorn, monkeypatch, capsys, how):
+    """GRM_PLUGIN_TOKEN="" used to turn auth off silently (every token-less request matched)."""
+    argv = ["serve", "--server", "http://127.0.0.1:9/v1"]
+    if how == "env":
+        monkeypatch.setenv(serve_mod.TOKEN_ENV, "")
+    else:
+        argv += ["--token", "  "]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "empty" in err and ("GRM_PLUGIN_TOKEN" in err or "--token" in err)
+    assert "app" not in fake_uvicorn  # nothing was served
+    with pytest.raises(ValueError, match="empty"):
+        ServerSettings(token="")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+def test_non_finite_fallback_reward_is_refused_at_startup(fake_uvicorn, capsys, value):
+    """--fallback-reward nan used to start, then make every fallback answer an HTTP 500."""
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--server", "http://127.0.0.1:9/v1", f"--fallback-reward={value}"])
+    assert e.value.code == 2
+    assert "finite" in capsys.readouterr().err
+    assert "app" not in fake_uvicorn
+
+
+def test_non_finite_fallback_in_a_config_file_is_refused_at_startup(fake_uvicorn, tmp_path, capsys):
+    cfg = tmp_path / "grm.yaml"
+    cfg.write_text("openrlhf: {policy: {on_failure: fallback, fallback: .nan}}\n")
+    assert main(["serve", "--server", "http://127.0.0.1:9/v1", "--config", str(cfg)]) == 2
+    assert "finite" in capsys.readouterr().err
+    assert "app" not in fake_uvicorn
+
+
+def test_a_huge_json_integer_is_400_not_500():
+    """Python refuses to convert integers of more than 4,300 digits: that is the client's fault."""
+    c = client()
+    for where in (b'{"query": ["a"], "labels": [%s]}', b'{"query": [%s]}'):
+        raw = where % (b"9" * 5000)
+        assert_refused(c.post("/get_reward", content=raw, headers=JSON), 400, "Python")
+    assert c.post("/get_reward", json=GOOD).status_code == 200
+
+
+def test_health_reflects_a_dead_engine():
+    class DeadEngine(RuleJudgeEngine):
+        def health(self) -> EngineHealth:
+            return EngineHealth(ok=False, reason="batching worker crashed")
+
+    r = client(DeadEngine()).get("/health")
+    assert r.status_code == 503
+    assert r.json()["engine"] == {"ok": False, "reason": "batching worker crashed"}
+    assert client().get("/health").json()["engine"]["ok"] is True
+
+
+def test_a_15_mib_query_does_not_stall_other_requests():
+    """One 15 MiB query judged with k=8 used to hold the event loop for seconds (the parser
+    squashed the whole response for every sample). Now the response is cut at
+    max_response_chars before anything reads it, and decoding runs in a thread. A small request
+    sent while the big one is being judged must be answered long before the old stall ends."""
+    import threading
+    import time
+
+    small_latency: list[float] = []
+    big_started = threading.Event()
+
+    class Judge(RuleJudgeEngine):
+        async def generate(self, request: GenerationRequest) -> list[str]:
+            if len(request.messages[-1]["content"]) > 50_000:
+                big_started.set()
+            return await super().generate(request)
+
+    rm = GenerativeRewardFn(Judge(), samples=8, parse_retries=0)
+    app = create_app(rm, OpenRLHFProtocol(), ServerSettings(group_window=0))
+
+    async def run() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as c:
+            big_body = {"query": [PROMPT + "word " * (3 * 1024 * 1024)], "prompts": [PROMPT]}
+            big = asyncio.ensure_future(c.post("/get_reward", json=big_body))
+            while not big_started.is_set():
+                assert not big.done()
+                await asyncio.sleep(0.001)
+            t0 = time.monotonic()
+            small = await c.post("/get_reward", json=GOOD)
+            small_latency.append(time.monotonic() - t0)
+            return await big, small
+
+    big, small = asyncio.run(run())
+    assert small.status_code == big.status_code == 200
+    assert big.json()["extra_logs"]["grm_truncated"] == [1.0]
+    # generous: before the fix the small request waited for the big one's ~8-20 s of parsing
+    assert small_latency[0] < 5.0, small_latency

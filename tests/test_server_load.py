@@ -26,7 +26,7 @@ import pytest
 import uvicorn
 
 from grm_plugin import GenerativeRewardFn, TransformersEngineConfig
-from grm_plugin.adapters.openrlhf import LOG_KEYS
+from grm_plugin.adapters.openrlhf import LOG_KEYS, OpenRLHFProtocol
 from grm_plugin.cli.engine_args import judge_config_from_args
 from grm_plugin.cli.main import build_parser
 from grm_plugin.cli.serve import apply_batching
@@ -79,7 +79,8 @@ async def post_all(url: str, indices: Sequence[int], clients: int) -> dict[int, 
 def running(rm: GenerativeRewardFn, settings: ServerSettings | None = None) -> Iterator[str]:
     """The server app on a real 127.0.0.1 socket (uvicorn in a thread); yields its base URL."""
     port = free_port()
-    app = create_app(rm, settings or ServerSettings(port=port))
+    # every sample here has its own prompt: no group to wait for
+    app = create_app(rm, OpenRLHFProtocol(), settings or ServerSettings(port=port, group_window=0))
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
     )
@@ -247,3 +248,101 @@ def test_sigterm_lets_in_flight_requests_finish_with_complete_answers(tmp_path):
         assert r.json()["extra_logs"]["grm_failed"] == [0.0]
     # uvicorn re-raises the SIGTERM once it has shut down cleanly: the exit is the signal's
     assert code in (0, -signal.SIGTERM)
+
+
+# --------------------------------------------------------------------------------- slow clients
+
+
+def _start_serve(port: int, *flags: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "grm_plugin.cli.main", "serve"]
+    # nothing listens on port 9: a judged request gets the failure answer at once (HTTP 200)
+    cmd += ["--server", "http://127.0.0.1:9/v1", "--port", str(port)]
+    env = {k: v for k, v in os.environ.items() if k != "GRM_PLUGIN_TOKEN"}
+    proc = subprocess.Popen([*cmd, *flags], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < end, "server did not start"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+
+
+SLOW_CAP = 20
+
+
+@pytest.fixture(scope="module")
+def guarded_server() -> Iterator[tuple[int, subprocess.Popen]]:
+    """``grm-plugin serve`` with a token, a 20-connection cap and a 1 s header timeout."""
+    port = free_port()
+    proc = _start_serve(port, "--token", "t0k", "--max-connections", str(SLOW_CAP),
+                        "--header-timeout", "1")  # fmt: skip
+    try:
+        yield port, proc
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_slow_clients_cannot_use_up_the_servers_file_descriptors(guarded_server):
+    """Connections that never finish their headers used to be held forever (140 of them made
+    a 128-fd server unreachable). Now each has --header-timeout to send its headers and at most
+    --max-connections are open; a client with the token is served once the slow ones are cut."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to count the server's file descriptors")
+    import socket
+
+    port, proc = guarded_server
+    slow_count = 60
+    fd_dir = Path(f"/proc/{proc.pid}/fd")
+    slow: list[socket.socket] = []
+    try:
+        idle_fds = len(list(fd_dir.iterdir()))
+        for _ in range(slow_count):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"POST /get_reward HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+            slow.append(s)
+        time.sleep(0.3)  # let the server accept what it will
+        held = len(list(fd_dir.iterdir())) - idle_fds
+        # without the guard: 60 (one per slow client, for as long as they like)
+        assert held <= SLOW_CAP + 2, f"{held} descriptors held for {slow_count} slow clients"
+        # the slow ones are cut after the header timeout: they read EOF (or a reset)
+        closed = 0
+        for s in slow:
+            s.settimeout(10)
+            try:
+                closed += s.recv(1) == b""
+            except ConnectionResetError:
+                closed += 1
+        assert closed == slow_count
+        # and a real client is served (bounded retries: the cap may refuse it while slow
+        # clients still hold their slots)
+        url = f"http://127.0.0.1:{port}/get_reward"
+        for _ in range(50):
+            try:
+                r = httpx.post(url, json=sample(0)[0], headers={"Authorization": "Bearer t0k"})
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert r.status_code == 200
+        assert_one_answer(r.json())
+    finally:
+        for s in slow:
+            s.close()
+
+
+def test_a_client_without_the_token_is_cut_off_before_its_body(guarded_server):
+    """401 as soon as the headers are in, with Connection: close: the body is never read."""
+    import socket
+
+    port, _ = guarded_server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /get_reward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                  b"\r\nContent-Length: 1000000\r\n\r\n{")  # fmt: skip
+        data = b""
+        while chunk := s.recv(65536):  # the server closes the connection: recv ends
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 401")
+    assert b"connection: close" in data.lower()

@@ -1,8 +1,11 @@
-"""``grm-plugin serve``: a reward server for OpenRLHF (``--reward.remote_url``).
+"""``grm-plugin serve``: a reward server for RL frameworks (OpenRLHF's ``--reward.remote_url``).
 
 Example:
-    grm-plugin serve --server http://127.0.0.1:8000/v1 --port 5000 --token "$GRM_TOKEN"
+    grm-plugin serve --server http://127.0.0.1:8000/v1 --port 5000 --group-size 8
     # then: openrlhf.cli.train_ppo_ray ... --reward.remote_url http://127.0.0.1:5000/get_reward
+
+The wire format is a protocol found by name (``--protocol``, default ``openrlhf``); its adapter
+is imported when the command runs, never when this module is imported.
 """
 
 from __future__ import annotations
@@ -10,13 +13,13 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import math
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..adapters.openrlhf import OpenRLHFSettings, load_plugin_config
 from ..config import JudgeConfig, TransformersEngineConfig
 from .engine_args import add_judge_args, judge_config_from_args
 
@@ -28,28 +31,75 @@ log = logging.getLogger(__name__)
 #: read when --token is not given, so the token need not appear in the process list
 TOKEN_ENV = "GRM_PLUGIN_TOKEN"
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+#: the wire formats ``--protocol`` offers (keys of ``grm_plugin.server.PROTOCOLS``, which this
+#: module does not import: fastapi is optional)
+PROTOCOL_NAMES = ("openrlhf",)
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number (``nan``/``inf`` would break every answer later)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
-        help="serve the judge as an OpenRLHF remote reward model",
+        help="serve the judge as a remote reward model (OpenRLHF)",
         description=(
-            "Serve a generative reward model in OpenRLHF's remote reward protocol: POST "
-            "/get_reward, GET /health. --config takes a JudgeConfig or a plugin config with "
-            "sections judge/openrlhf/server; flags override it."
+            "Serve a generative reward model over HTTP in a framework's remote reward protocol "
+            "(OpenRLHF: POST /get_reward), GET /health. Concurrent samples of one prompt are "
+            "judged together (--group-window, --group-size). --config takes a JudgeConfig or a "
+            "plugin config with sections judge/openrlhf/server; flags override it."
         ),
     )
+    p.add_argument("--protocol", choices=PROTOCOL_NAMES, help="wire format (default openrlhf)")
     p.add_argument("--host", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, help="port (default 5000)")
-    p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' (default: ${TOKEN_ENV})")
-    p.add_argument("--deadline", type=float, help="seconds per request, then the fallback (150)")
-    p.add_argument("--max-concurrent", type=int, help="requests judged at once (256)")
-    p.add_argument("--fallback-reward", type=float, help="reward when the judge fails (0.0)")
+    p.add_argument(
+        "--token",
+        help=f"require this token (default: ${TOKEN_ENV}); an empty token is refused",
+    )
+    p.add_argument(
+        "--deadline", type=finite_float, help="seconds per request, then the failure answer (150)"
+    )
+    p.add_argument(
+        "--group-window",
+        type=finite_float,
+        help="seconds a sample waits for others of its prompt, to be judged together (0.5; "
+        "0: each alone)",
+    )
+    p.add_argument("--group-size", type=int, help="at most this many judged together (8)")
+    p.add_argument("--max-concurrent", type=int, help="judgments run at once (256)")
+    p.add_argument(
+        "--header-timeout",
+        type=finite_float,
+        help="seconds a connection has to send its request headers (10)",
+    )
+    p.add_argument(
+        "--max-connections", type=int, help="open connections at most (open-file limit - 256)"
+    )
     p.add_argument(
         "--reward-scale",
-        choices=["unit", "raw"],
-        help="'unit': (score - 1) / 9 (default); 'raw': the 1-10 score",
+        choices=["unit", "raw", "sum"],
+        help="'unit': (score - 1) / 9 in [0, 1] (default); 'raw': the 1-10 score; 'sum': the "
+        "sum over the k voting samples",
+    )
+    p.add_argument(
+        "--on-failure",
+        choices=["abstain", "fallback"],
+        help="a failed judgment gets the mean of its group's other rewards ('abstain', "
+        "default; the scale's middle when there are none) or --fallback-reward ('fallback')",
+    )
+    p.add_argument(
+        "--fallback-reward",
+        type=finite_float,
+        help="reward of a failed judgment (implies --on-failure fallback unless given)",
     )
     p.add_argument("--tokenizer", help="policy tokenizer whose special tokens are stripped")
     p.add_argument("--strip", action="append", help="a string removed from responses (repeatable)")
@@ -101,33 +151,61 @@ def apply_batching(args: argparse.Namespace, cfg: JudgeConfig) -> JudgeConfig:
     return cfg.model_copy(update={"engine": engine})
 
 
-def build_settings(
-    args: argparse.Namespace, server_section: dict, adapter: OpenRLHFSettings
-) -> ServerSettings:
-    """ServerSettings from the config file's sections, overridden by the flags given."""
+def protocol_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The protocol/policy flags given, as keys of the protocol's section."""
+    out: dict[str, Any] = {}
+    if args.reward_scale is not None:
+        out["policy.scale"] = args.reward_scale
+    if args.fallback_reward is not None:
+        out["policy.fallback"] = args.fallback_reward
+        out["policy.on_failure"] = "fallback"
+    if args.on_failure is not None:
+        out["policy.on_failure"] = args.on_failure
+    if args.tokenizer is not None:
+        out["tokenizer"] = args.tokenizer
+    if args.strip:
+        out["strip_tokens"] = list(args.strip)
+    return out
+
+
+def resolve_token(args: argparse.Namespace) -> str | None:
+    """--token, else $GRM_PLUGIN_TOKEN; a given but empty one is an error (it would turn the
+    check off, or match every request without a token)."""
+    if args.token is not None:
+        token, source = args.token, "--token"
+    else:
+        token, source = os.environ.get(TOKEN_ENV), f"${TOKEN_ENV}"
+    if token is not None and not token.strip():
+        raise ValueError(
+            f"{source} is set but empty: give a real token (e.g. "
+            "python -c 'import secrets; print(secrets.token_hex(16))'), or unset it to serve "
+            "without one"
+        )
+    return token
+
+
+def build_settings(args: argparse.Namespace, server_section: dict) -> ServerSettings:
+    """ServerSettings from the config file's server section, overridden by the flags given."""
     from ..server import ServerSettings
 
-    adapter_data = adapter.model_dump()
-    for flag, key in [
-        ("deadline", "deadline"),
-        ("fallback_reward", "fallback_reward"),
-        ("reward_scale", "reward_scale"),
-        ("tokenizer", "tokenizer"),
-    ]:
-        if getattr(args, flag) is not None:
-            adapter_data[key] = getattr(args, flag)
-    if args.strip:
-        adapter_data["strip_tokens"] = [*adapter_data["strip_tokens"], *args.strip]
-    data = {**server_section, "openrlhf": adapter_data}
-    token = args.token or os.environ.get(TOKEN_ENV)
-    for key, value in [
-        ("host", args.host),
-        ("port", args.port),
-        ("token", token),
-        ("max_concurrent", args.max_concurrent),
-    ]:
+    data = dict(server_section)
+    for key in (
+        "protocol",
+        "host",
+        "port",
+        "deadline",
+        "group_window",
+        "group_size",
+        "max_concurrent",
+        "header_timeout",
+        "max_connections",
+    ):
+        value = getattr(args, key)
         if value is not None:
             data[key] = value
+    token = resolve_token(args)
+    if token is not None:
+        data["token"] = token
     return ServerSettings.model_validate(data)
 
 
@@ -135,19 +213,23 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from ..server import create_app
+        from ..http_guard import default_max_connections, guarded_h11
+        from ..server import create_app, load_protocol, plugin_sections
     except ModuleNotFoundError as e:
         raise ModuleNotFoundError(
             f"{e.name} is missing: pip install 'grm-plugin[server]'", name=e.name
         ) from e
     from ..reward import GenerativeRewardFn
 
+    name = args.protocol or "openrlhf"
     if args.config:
-        judge, adapter, server_section = load_plugin_config(args.config)
+        judge, section, server_section = plugin_sections(args.config, name)
     else:
-        judge, adapter, server_section = JudgeConfig(), OpenRLHFSettings(), {}
+        judge, section, server_section = JudgeConfig(), {}, {}
     cfg = apply_batching(args, _judge_config(args, judge))
-    settings = build_settings(args, server_section, adapter)
+    settings = build_settings(args, {**server_section, "protocol": name})
+    # everything is checked before the judge loads: a bad flag costs no model load
+    protocol = load_protocol(settings.protocol).from_section(section, protocol_overrides(args))
     if settings.host not in _LOOPBACK and settings.token is None:
         print(
             f"grm-plugin: warning: serving on {settings.host} without a token: anyone who can "
@@ -155,19 +237,26 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     rm = GenerativeRewardFn.from_config(cfg)
-    app = create_app(rm, settings)
+    app = create_app(rm, protocol, settings)
+    deadline = settings.deadline or protocol.default_deadline
     level = logging.getLogger().getEffectiveLevel()
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
         log_level="info" if level <= logging.INFO else "warning",
+        # uvicorn's h11 protocol plus a header deadline and a connection cap: slow or idle
+        # clients (no token needed to open a socket) cannot use up the file descriptors
+        http=guarded_h11(
+            header_timeout=settings.header_timeout,
+            max_connections=settings.max_connections or default_max_connections(),
+        ),
         # OpenRLHF opens a new connection per request; a long keep-alive only holds sockets
         timeout_keep_alive=5,
         # on SIGTERM/SIGINT uvicorn stops accepting and lets in-flight requests finish; each one
         # answers within the deadline (fallback at worst), so waiting a little longer than that
         # loses no reward a rollout worker is waiting for, and a stuck engine cannot hang the exit
-        timeout_graceful_shutdown=int(settings.openrlhf.deadline) + 5,
+        timeout_graceful_shutdown=int(deadline) + 5,
         # one line per rollout sample is noise, and the URL may carry the token
         access_log=False,
     )
