@@ -29,6 +29,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from .benchmark_data.readers import Overall
+from .benchmark_data.scoring import headline
 from .meta_rm import MetaRewardModel, rate_samples
 from .meta_rm_data import (
     MetaRMRecord,
@@ -42,6 +44,8 @@ from .reward import GenerativeRewardFn
 from .voting import argmax_random_tie, select_by_meta, vote
 
 METHODS = ("voting", "meta_rm_voting")
+#: one greedy judgment per item, from a separate draw (the paper's "greedy" row)
+GREEDY = "greedy"
 
 
 class ItemDraw(BaseModel):
@@ -49,6 +53,9 @@ class ItemDraw(BaseModel):
 
     item: PreferenceItem
     result: JudgmentResult
+    output_tokens: list[int] = Field(
+        default_factory=list, description="per sample: tokens the judge wrote (engine's count)"
+    )
 
 
 class PointStats(BaseModel):
@@ -74,12 +81,24 @@ class PointStats(BaseModel):
 
 
 class LevelStats(BaseModel):
-    """Per k, independent of the method: how often samples failed to parse."""
+    """Per k, independent of the method: how often samples failed to parse, and the cost."""
 
     k: int
     samples: int
     parse_failures: int
     parse_failure_rate: float
+    output_tokens_per_item: float | None = Field(
+        None, description="judge output tokens per item at this k (None: not counted)"
+    )
+
+
+class HeadlineStats(BaseModel):
+    """A benchmark's headline number at one k (its own rule, e.g. RewardBench's sections)."""
+
+    k: int
+    accuracy: float
+    rule: str
+    parts: dict[str, float] = Field(default_factory=dict)
 
 
 class EvalReport(BaseModel):
@@ -91,6 +110,13 @@ class EvalReport(BaseModel):
     keep_rule: str = "keep = max(1, k // 2) by meta score"
     methods: dict[str, list[PointStats]]
     levels: list[LevelStats]
+    subsets: dict[str, dict[str, list[PointStats]]] = Field(
+        default_factory=dict, description="subset -> method -> per k (items with a subset)"
+    )
+    headline: dict[str, list[HeadlineStats]] = Field(
+        default_factory=dict, description="method -> per k: the benchmark's own overall rule"
+    )
+    benchmark: dict = Field(default_factory=dict)
     config: dict = Field(default_factory=dict)
     timing: dict[str, float] = Field(default_factory=dict)
 
@@ -223,6 +249,25 @@ def _point(k: int, outcomes: list[tuple[bool, bool, bool, int]]) -> PointStats:
     )
 
 
+def _outcomes(
+    draws: Sequence[ItemDraw], chosen: Sequence[Sequence[Sample]], method: str, k: int, seed: int
+) -> list[tuple[bool, bool, bool, int]]:
+    out = []
+    for d, c in zip(draws, chosen, strict=True):
+        # no method in the seed: when both methods vote the same samples they pick alike
+        rng = random.Random(f"{seed}|{k}|{d.item.id}")
+        pick, tied, none = _pick(c, len(d.item.responses), method, k, rng)
+        out.append((pick == d.item.best, tied, none, d.item.best))
+    return out
+
+
+def _tokens_at(d: ItemDraw, chosen: Sequence[Sample]) -> int | None:
+    if len(d.output_tokens) != len(d.result.samples):
+        return None
+    index = {id(s): i for i, s in enumerate(d.result.samples)}
+    return sum(d.output_tokens[index[id(s)]] for s in chosen)
+
+
 def evaluate(
     draws: Sequence[ItemDraw],
     ks: Sequence[int],
@@ -230,11 +275,16 @@ def evaluate(
     seed: int = 0,
     parse_retries: int = 0,
     methods: Sequence[str] | None = None,
+    greedy: Sequence[ItemDraw] | None = None,
+    overall: Overall = Overall.MICRO,
 ) -> EvalReport:
-    """Accuracy per k and method from one draw. Ties (and items with no valid sample) are broken
-    at random with a generator seeded by (seed, k, item id): reproducible, the same item gets
-    independent coin flips at different k, and both methods flip the same coin. Meta-RM voting is
-    reported when every item has meta scores on its valid samples (see ``add_meta_scores``)."""
+    """Accuracy per k and method from one draw, overall and per subset. Ties (and items with no
+    valid sample) are broken at random with a generator seeded by (seed, k, item id):
+    reproducible, the same item gets independent coin flips at different k, and both methods
+    flip the same coin. Meta-RM voting is reported when every item has meta scores on its valid
+    samples (see ``add_meta_scores``). ``greedy``: a separate draw of one greedy judgment per
+    item, reported as the method ``greedy`` at k = 1. ``overall``: the benchmark's rule for its
+    headline number (``headline``), besides the plain accuracy over items (``methods``)."""
     ks = sorted(set(ks))
     if not ks or ks[0] < 1:
         raise ValueError("ks must be positive integers")
@@ -250,30 +300,64 @@ def evaluate(
             if s.scores is not None
         )
         methods = list(METHODS) if has_meta and draws else ["voting"]
-    per_method: dict[str, list[PointStats]] = {m: [] for m in methods}
+    runs: list[tuple[str, int, Sequence[ItemDraw], list[list[Sample]]]] = []
     levels = []
     for k in ks:
         chosen = [samples_at_k(d.result.samples, k, parse_retries) for d in draws]
         n_samples = sum(len(c) for c in chosen)
         fails = sum(1 for c in chosen for s in c if s.scores is None)
+        tokens = [_tokens_at(d, c) for d, c in zip(draws, chosen, strict=True)]
         levels.append(
             LevelStats(
                 k=k,
                 samples=n_samples,
                 parse_failures=fails,
                 parse_failure_rate=fails / n_samples if n_samples else 0.0,
+                output_tokens_per_item=(
+                    sum(t for t in tokens if t is not None) / len(tokens)
+                    if tokens and all(t is not None for t in tokens)
+                    else None
+                ),
             )
         )
-        for method in methods:
-            outcomes = []
-            for d, c in zip(draws, chosen, strict=True):
-                # no method in the seed: when both methods vote the same samples they pick alike
-                rng = random.Random(f"{seed}|{k}|{d.item.id}")
-                n = len(d.item.responses)
-                pick, tied, none = _pick(c, n, method, k, rng)
-                outcomes.append((pick == d.item.best, tied, none, d.item.best))
-            per_method[method].append(_point(k, outcomes))
-    return EvalReport(ks=ks, n_items=len(draws), seed=seed, methods=per_method, levels=levels)
+        runs += [(m, k, draws, chosen) for m in methods]
+    if greedy is not None:
+        by_id = {g.item.id: g for g in greedy}
+        missing = [d.item.id for d in draws if d.item.id not in by_id]
+        if missing:
+            raise ValueError(f"greedy draw lacks item {missing[0]}")
+        g_draws = [by_id[d.item.id] for d in draws]
+        runs.insert(0, (GREEDY, 1, g_draws, [list(g.result.samples[:1]) for g in g_draws]))
+    per_method: dict[str, list[PointStats]] = {}
+    subsets: dict[str, dict[str, list[PointStats]]] = {}
+    names = sorted({d.item.subset for d in draws if d.item.subset is not None})
+    headline_stats: dict[str, list[HeadlineStats]] = {}
+    for method, k, ds, chosen in runs:
+        vote_method = "voting" if method == GREEDY else method
+        outcomes = _outcomes(ds, chosen, vote_method, k, seed)
+        per_method.setdefault(method, []).append(_point(k, outcomes))
+        acc: dict[str, tuple[float, int]] = {}
+        for name in names:
+            sub = [o for d, o in zip(ds, outcomes, strict=True) if d.item.subset == name]
+            p = _point(k, sub)
+            subsets.setdefault(name, {}).setdefault(method, []).append(p)
+            acc[name] = (p.accuracy, p.n)
+        if not names:
+            p = per_method[method][-1]
+            acc = {"all": (p.accuracy, p.n)}
+        value, parts = headline(overall, acc)
+        headline_stats.setdefault(method, []).append(
+            HeadlineStats(k=k, accuracy=value, rule=overall.value, parts=parts)
+        )
+    return EvalReport(
+        ks=ks,
+        n_items=len(draws),
+        seed=seed,
+        methods=per_method,
+        levels=levels,
+        subsets=subsets,
+        headline=headline_stats,
+    )
 
 
 def records_from_draws(draws: Sequence[ItemDraw]) -> list[MetaRMRecord]:
@@ -307,34 +391,73 @@ def correctness(draw_: ItemDraw) -> list[bool | None]:
     ]
 
 
-_LABELS: dict[str, str] = {"voting": "voting", "meta_rm_voting": "meta RM voting"}
+_LABELS: dict[str, str] = {
+    "voting": "voting",
+    "meta_rm_voting": "meta RM voting",
+    GREEDY: "greedy",
+}
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
 
 
 def markdown_table(report: EvalReport) -> str:
-    """The report as a markdown table (accuracy in %, +- 1.96 se, Wilson CI, diagnostics)."""
+    """The report as markdown: accuracy in % with +- 1.96 se and the Wilson CI, diagnostics,
+    the benchmark's headline number, per-subset accuracy, and cost per k."""
     lines = [
         "| method | k | n | accuracy % | ±1.96·SE | 95% CI (Wilson) | tie rate | no-vote rate "
         "| acc. best shown 1st in data | acc. best 2nd |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-
-    def pct(x: float | None) -> str:
-        return "–" if x is None else f"{100 * x:.1f}"
-
     for method, points in report.methods.items():
         for p in points:
             lines.append(
-                f"| {_LABELS.get(method, method)} | {p.k} | {p.n} | {pct(p.accuracy)} "
-                f"| {100 * 1.96 * p.se:.1f} | [{pct(p.ci95_low)}, {pct(p.ci95_high)}] "
-                f"| {pct(p.tie_rate)} | {pct(p.no_vote_rate)} "
-                f"| {pct(p.acc_best_first)} (n={p.n_best_first}) "
-                f"| {pct(p.acc_best_second)} (n={p.n_best_second}) |"
+                f"| {_LABELS.get(method, method)} | {p.k} | {p.n} | {_pct(p.accuracy)} "
+                f"| {100 * 1.96 * p.se:.1f} | [{_pct(p.ci95_low)}, {_pct(p.ci95_high)}] "
+                f"| {_pct(p.tie_rate)} | {_pct(p.no_vote_rate)} "
+                f"| {_pct(p.acc_best_first)} (n={p.n_best_first}) "
+                f"| {_pct(p.acc_best_second)} (n={p.n_best_second}) |"
             )
-    lines += ["", "| k | samples | parse failures | parse failure rate % |", "|---|---|---|---|"]
+    if report.headline and any(h.parts or h.rule != "micro" for hs in report.headline.values()
+                               for h in hs):  # fmt: skip
+        rule = next(iter(report.headline.values()))[0].rule
+        lines += ["", f"Headline ({rule}):", "", "| method | k | headline % | parts |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for method, hs in report.headline.items():
+            for h in hs:
+                parts = ", ".join(f"{k} {_pct(v)}" for k, v in h.parts.items()) or "–"
+                lines.append(
+                    f"| {_LABELS.get(method, method)} | {h.k} | {_pct(h.accuracy)} | {parts} |"
+                )
+    if report.subsets:
+        lines += [
+            "",
+            "| subset | method | k | n | accuracy % | 95% CI (Wilson) | tie rate |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, per_method in report.subsets.items():
+            for method, points in per_method.items():
+                for p in points:
+                    lines.append(
+                        f"| {name} | {_LABELS.get(method, method)} | {p.k} | {p.n} "
+                        f"| {_pct(p.accuracy)} | [{_pct(p.ci95_low)}, {_pct(p.ci95_high)}] "
+                        f"| {_pct(p.tie_rate)} |"
+                    )
+    lines += [
+        "",
+        "| k | samples | parse failures | parse failure rate % | output tokens per item |",
+        "|---|---|---|---|---|",
+    ]
     for lv in report.levels:
+        tokens = "–" if lv.output_tokens_per_item is None else f"{lv.output_tokens_per_item:.0f}"
         lines.append(
-            f"| {lv.k} | {lv.samples} | {lv.parse_failures} | {100 * lv.parse_failure_rate:.1f} |"
+            f"| {lv.k} | {lv.samples} | {lv.parse_failures} "
+            f"| {100 * lv.parse_failure_rate:.1f} | {tokens} |"
         )
+    per_item = {k: v for k, v in report.timing.items() if k.endswith("_per_item")}
+    if per_item:
+        lines += [""] + [f"- {k.replace('_', ' ')}: {v:.1f} s" for k, v in per_item.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -25,14 +25,21 @@ from .reward import GenerativeRewardFn
 
 
 class PreferenceItem(BaseModel):
-    """One labeled item: a prompt, its responses and the index of the best one."""
+    """One labeled item: a prompt, its responses and the index of the best one.
 
-    model_config = ConfigDict(extra="allow")  # keep extra columns such as "source"
+    ``subset`` groups items in reports (a benchmark's subset or section); ``source`` is kept
+    from our JSONL format, where it also serves as the subset when ``subset`` is absent.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     id: str
     prompt: str | list[dict[str, str]]
     responses: list[str] = Field(min_length=1)
     best: int = Field(ge=0)
+    subset: str | None = None
+    source: str | None = None
+    reference: str | None = None
 
     @model_validator(mode="after")
     def _best_in_range(self) -> PreferenceItem:
@@ -56,22 +63,12 @@ class MetaRMRecord(BaseModel):
 
 
 def load_preference_items(path: str | Path, limit: int | None = None) -> list[PreferenceItem]:
-    """Read a JSONL file of ``{"id", "prompt", "responses", "best"}`` objects."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"preference data not found: {p}")
-    items = []
-    with p.open() as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                items.append(PreferenceItem.model_validate_json(line))
-            except ValueError as e:
-                raise ValueError(f"{p}:{line_no}: {e}") from e
-            if limit is not None and len(items) >= limit:
-                break
-    return items
+    """Read our JSONL format, ``{"prompt", "responses", "best"}`` per line (optional ``id``,
+    ``source``, ``subset``, ``reference``); an item without ``id`` gets ``<file stem>-<line>``.
+    Bad lines raise ``BenchmarkDataError`` (a ValueError) naming the file, line and field."""
+    from .benchmark_data import Format, load_benchmark
+
+    return load_benchmark(path, format=Format.GRM_PLUGIN, limit=limit).items
 
 
 def is_correct(scores: Sequence[float] | None, best: int) -> bool:

@@ -1,9 +1,12 @@
-"""``grm-plugin eval``: accuracy against k for voting and meta-RM voting, with a plot."""
+"""``grm-plugin eval``: a judge's accuracy on a reward benchmark (RewardBench, RewardBench 2,
+JudgeBench, PPE correctness, RMB, LLMBar or our JSONL), per subset and overall, against k, for
+greedy, voting and meta-RM voting; writes JSON, markdown and a plot."""
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from .engine_args import add_judge_args, judge_config_from_args
 
@@ -19,14 +22,38 @@ def _ks(text: str) -> list[int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..benchmark_data import READERS, Format
+
+    formats = "; ".join(f"{f.value}: {r.description}" for f, r in READERS.items())
     p = sub.add_parser(
         "eval",
-        help="measure accuracy against k on labeled preference data",
+        help="measure a judge's accuracy on a reward benchmark, against k",
         description="Draw max(k) judgments per item once, then score every k from the first k "
-        "samples: plain voting and (with --meta-rm) meta-RM voting; writes JSON, markdown, PNG.",
+        "samples: plain voting, (with --meta-rm) meta-RM voting and (with --greedy) one greedy "
+        "judgment; per subset and overall; writes JSON, markdown, PNG. Formats: " + formats,
     )
-    p.add_argument("data", help='preference data, JSONL {"id", "prompt", "responses", "best"}')
-    p.add_argument("--meta-rm", help="folder of a meta RM saved by `grm-plugin meta-rm train`")
+    p.add_argument(
+        "data", help="benchmark file (.jsonl, .json, .parquet) or hub dataset id (owner/name)"
+    )
+    p.add_argument(
+        "--format",
+        choices=["auto", *(f.value for f in Format)],
+        default="auto",
+        help="benchmark layout (default: detected from the columns)",
+    )
+    p.add_argument("--split", help="hub dataset split (default: the benchmark's usual one)")
+    p.add_argument("--hub-config", help="hub dataset configuration name")
+    p.add_argument("--subset", action="append", help="only this subset (repeatable)")
+    p.add_argument("--per-subset", type=int, help="only the first N items of each subset")
+    p.add_argument("--bon-size", type=int, default=4, help="PPE correctness: responses per item")
+    p.add_argument(
+        "--skip-invalid", action="store_true", help="skip bad rows (counted) instead of stopping"
+    )
+    p.add_argument("--template", help="judge prompt template: a preset name or a .jinja file")
+    p.add_argument(
+        "--greedy", action="store_true", help="also draw one greedy judgment per item (k=1)"
+    )
+    p.add_argument("--meta-rm", help="folder of a meta RM (any sequence classifier)")
     p.add_argument("--meta-device", default="auto")
     p.add_argument("--limit", type=int, help="only the first N items")
     p.add_argument("--out", default="eval-out", help="folder for report.json/.md and the plot")
@@ -46,14 +73,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _first_per_subset(items: list, n: int) -> list:
+    counts: dict[str | None, int] = {}
+    out = []
+    for it in items:
+        if counts.get(it.subset, 0) < n:
+            out.append(it)
+            counts[it.subset] = counts.get(it.subset, 0) + 1
+    return out
+
+
+def _count_tokens(rm, draws) -> str:
+    from ..engines.base import JudgeEngine
+
+    engine = rm.engine
+    for d in draws:
+        d.output_tokens = [engine.count_tokens(s.text) if s.text else 0 for s in d.result.samples]
+    exact = type(engine).count_tokens is not JudgeEngine.count_tokens
+    return "engine tokenizer" if exact else "estimated (characters / 3)"
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import evaluation as ev
-    from ..meta_rm_data import load_preference_items, write_records
+    from ..benchmark_data import Format, ReaderOptions, load_benchmark
+    from ..meta_rm_data import write_records
 
     ks: list[int] = args.samples
     args.samples = None  # the judge config gets max k below
     progress = not args.no_progress
     cfg = judge_config_from_args(args)
+    if args.template:
+        cfg.template = args.template
     # one draw of max k; retries off by default so that level k is exactly the first k samples
     cfg.sampling = cfg.sampling.model_copy(
         update={
@@ -62,18 +112,51 @@ def run(args: argparse.Namespace) -> int:
             "seed": cfg.sampling.seed if cfg.sampling.seed is not None else 0,
         }
     )
+    bench = load_benchmark(
+        args.data,
+        format=None if args.format == "auto" else Format(args.format),
+        split=args.split,
+        config=args.hub_config,
+        limit=None if args.per_subset else args.limit,
+        subsets=set(args.subset) if args.subset else None,
+        strict=not args.skip_invalid,
+        options=ReaderOptions(bon_size=args.bon_size),
+    )
+    items = bench.items
+    if args.per_subset:
+        items = _first_per_subset(items, args.per_subset)[: args.limit]
     timing: dict[str, float] = {}
-    t0 = time.perf_counter()
+    greedy = None
+    tokens = "not counted (reused samples)"
+    out = Path(args.out)
     if args.reuse_samples:
-        draws = ev.read_draws(args.reuse_samples)[: args.limit]
+        wanted = {it.id for it in items}
+        draws = [d for d in ev.read_draws(args.reuse_samples) if d.item.id in wanted]
+        greedy_file = Path(args.reuse_samples).with_name("greedy_samples.jsonl")
+        if args.greedy and greedy_file.is_file():
+            greedy = ev.read_draws(greedy_file)
     else:
         from ..reward import GenerativeRewardFn
 
-        items = load_preference_items(args.data, args.limit)
         rm = GenerativeRewardFn.from_config(cfg)
+        t0 = time.perf_counter()
         draws = ev.draw(rm, items, progress=progress)
-        ev.write_draws(draws, f"{args.out}/samples.jsonl")
-    timing["judge_seconds"] = time.perf_counter() - t0
+        timing["judge_seconds"] = time.perf_counter() - t0
+        timing["judge_seconds_per_item"] = timing["judge_seconds"] / len(items)
+        tokens = _count_tokens(rm, draws)
+        ev.write_draws(draws, out / "samples.jsonl")
+        if args.greedy:
+            # samples=1 is the core's greedy judgment (temperature 0)
+            g_cfg = cfg.model_copy(
+                update={"sampling": cfg.sampling.model_copy(update={"samples": 1})}
+            )
+            g_rm = GenerativeRewardFn.from_config(g_cfg, engine=rm.engine)
+            t0 = time.perf_counter()
+            greedy = ev.draw(g_rm, items, progress=progress)
+            timing["greedy_seconds"] = time.perf_counter() - t0
+            timing["greedy_seconds_per_item"] = timing["greedy_seconds"] / len(items)
+            _count_tokens(rm, greedy)
+            ev.write_draws(greedy, out / "greedy_samples.jsonl")
     if args.records:
         write_records(ev.records_from_draws(draws), args.records)
     if args.meta_rm:
@@ -82,7 +165,23 @@ def run(args: argparse.Namespace) -> int:
         t1 = time.perf_counter()
         ev.add_meta_scores(draws, MetaRM(args.meta_rm, device=args.meta_device), progress=progress)
         timing["meta_rm_seconds"] = time.perf_counter() - t1
-    report = ev.evaluate(draws, ks, seed=cfg.sampling.seed or 0, parse_retries=args.parse_retries)
+    report = ev.evaluate(
+        draws,
+        ks,
+        seed=cfg.sampling.seed or 0,
+        parse_retries=args.parse_retries,
+        greedy=greedy,
+        overall=bench.overall,
+    )
+    report.benchmark = {
+        "source": bench.source,
+        "format": bench.format.value,
+        "overall_rule": bench.overall.value,
+        "rows_skipped": bench.skipped,
+        "skipped_reasons": bench.skipped_reasons,
+        "notes": bench.notes,
+        "tokens": tokens,
+    }
     report.config = {
         "data": args.data,
         "judge": cfg.model_dump(mode="json"),
@@ -90,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         "reused_samples": args.reuse_samples,
     }
     report.timing = timing
-    paths = ev.write_report(report, args.out)
+    paths = ev.write_report(report, out)
     print(ev.markdown_table(report))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -1,0 +1,236 @@
+"""Judge prompt templates: named, versioned Jinja2 files, chosen with ``template:`` in the config.
+
+Presets (``TEMPLATES``): ``grm-plugin`` (default; scores as ``Final Scores: [[...]]``) and
+``deepseek-grm`` (our wording of the DeepSeek-GRM paper's Appendix G structure; scores as
+``\\boxed{s1, ...}``, for the released DeepSeek-GRM models). ``template:`` also takes a path to
+your own ``.jinja`` file. A name may carry its version (``grm-plugin@1``); a wrong one is an error.
+
+Placeholders a template gets (the first three are required; a template that does not use them
+is refused when it is loaded):
+
+- ``conversation``: the query / chat context, already fenced by begin/end markers with the code.
+- ``responses``: a list, in the order shown to the judge; each has ``index`` (1-based) and
+  ``fenced`` (the response between ``<<<RESPONSE i BEGIN code>>>`` and ``<<<RESPONSE i END
+  code>>>``, control tokens neutralized). The raw text is not offered: fencing is ours.
+- ``score_slots``: ``<score of response 1>, <score of response 2>, ...`` for the scores line
+  (the scores instruction: write it as ``[[{{ score_slots }}]]`` or ``\\boxed{...}``).
+- ``n``: the number of responses; ``fence_code``: the per-item random code in the markers.
+- ``rubric``: the user's principles/rubric, or None; ``reference``: the fenced reference answer,
+  or None; ``hint``: the 1-based index of the best response for SPCT's hinted retry, or None.
+
+``{% set system %}...{% endset %}`` at the top level makes a system message; the rest of the
+rendered text is the user message. Whatever the template, every response's fenced block must
+appear in the rendered prompt unchanged (checked on every render).
+
+Example:
+    >>> t = load_template("deepseek-grm")
+    >>> msgs = t.render("What is 2+2?", ["4", "5"], nonce="abc123")
+    >>> "\\\\boxed{<score of response 1>, <score of response 2>}" in msgs[-1]["content"]
+    True
+    >>> t.ref
+    'deepseek-grm@1'
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+import jinja2.meta
+
+from ..prompt import Conversation, Message, format_conversation, neutralize_control_tokens
+
+#: placeholders every template must use
+REQUIRED = ("conversation", "responses", "score_slots")
+#: every placeholder a template may use
+PLACEHOLDERS = frozenset({*REQUIRED, "n", "fence_code", "rubric", "reference", "hint", "system"})
+DEFAULT_TEMPLATE = "grm-plugin"
+
+
+class TemplateError(ValueError):
+    """A judge template that cannot be used; the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class TemplatePreset:
+    """A shipped template: name, version, file (package data) and what it is for."""
+
+    name: str
+    version: int
+    file: str
+    description: str
+
+
+#: shipped presets, by name
+TEMPLATES: dict[str, TemplatePreset] = {
+    p.name: p
+    for p in (
+        TemplatePreset(
+            "grm-plugin",
+            1,
+            "grm-plugin.jinja",
+            "grm-plugin's own prompt: weighted principles, analysis, Final Scores: [[...]]",
+        ),
+        TemplatePreset(
+            "deepseek-grm",
+            1,
+            "deepseek-grm.jinja",
+            "our wording of DeepSeek-GRM's Appendix G structure; scores as \\boxed{s1, ...}",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class _Shown:
+    index: int
+    fenced: str
+
+
+def _env() -> jinja2.Environment:
+    # StrictUndefined: a misspelt placeholder fails loudly instead of rendering as ""
+    return jinja2.Environment(
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+        autoescape=False,
+    )
+
+
+def fence(kind: str, text: str, nonce: str, index: int | None = None) -> str:
+    """``text`` between begin/end markers carrying ``nonce`` (``kind``: RESPONSE, ...)."""
+    label = kind if index is None else f"{kind} {index}"
+    return f"<<<{label} BEGIN {nonce}>>>\n{text}\n<<<{label} END {nonce}>>>"
+
+
+class JudgeTemplate:
+    """A loaded, checked template; ``render`` gives the chat messages for one judgment."""
+
+    def __init__(self, source: str, *, name: str, version: int | None, origin: str) -> None:
+        self.name = name
+        self.version = version
+        self.origin = origin
+        env = _env()
+        try:
+            ast = env.parse(source)
+        except jinja2.TemplateSyntaxError as e:
+            raise TemplateError(f"{origin}:{e.lineno}: template syntax error: {e.message}") from e
+        used = jinja2.meta.find_undeclared_variables(ast)
+        missing = [p for p in REQUIRED if p not in used]
+        if missing:
+            what = (
+                "the scores instruction (use {{ score_slots }} in the line that asks for the "
+                "scores)"
+                if missing[0] == "score_slots"
+                else f"the required placeholder {{{{ {missing[0]} }}}}"
+            )
+            raise TemplateError(f"{origin}: template lacks {what}")
+        unknown = sorted(used - PLACEHOLDERS)
+        if unknown:
+            raise TemplateError(
+                f"{origin}: unknown placeholder {{{{ {unknown[0]} }}}} "
+                f"(known: {', '.join(sorted(PLACEHOLDERS - {'system'}))})"
+            )
+        self.uses_hint = "hint" in used
+        self._template = env.from_string(source)
+
+    @property
+    def ref(self) -> str:
+        """``name@version`` (or the file path for a user template), recorded in reports."""
+        return self.name if self.version is None else f"{self.name}@{self.version}"
+
+    def render(
+        self,
+        context: Conversation,
+        responses: Sequence[str],
+        *,
+        nonce: str,
+        principles: str | None = None,
+        reference: str | None = None,
+        hint_best: int | None = None,
+    ) -> list[Message]:
+        """Messages asking the judge to score ``responses`` (in the order shown).
+
+        ``hint_best`` is 0-based in shown order (SPCT's hinted retry; never for scoring).
+        """
+        if hint_best is not None and not self.uses_hint:
+            raise TemplateError(f"{self.origin}: a hint was asked for, but the template has no "
+                                "{{ hint }} placeholder")  # fmt: skip
+        shown = [
+            _Shown(i, fence("RESPONSE", neutralize_control_tokens(r), nonce, i))
+            for i, r in enumerate(responses, start=1)
+        ]
+        module = self._template.make_module(
+            {
+                "conversation": fence("CONVERSATION", format_conversation(context), nonce),
+                "responses": shown,
+                "score_slots": ", ".join(f"<score of response {s.index}>" for s in shown),
+                "n": len(shown),
+                "fence_code": nonce,
+                "rubric": principles.strip() if principles else None,
+                "reference": fence("REFERENCE", reference, nonce) if reference else None,
+                "hint": None if hint_best is None else hint_best + 1,
+            }
+        )
+        user = str(module).strip()
+        for s in shown:
+            if s.fenced not in user:
+                raise TemplateError(
+                    f"{self.origin}: response {s.index} is not in the rendered prompt as its "
+                    "fenced block ({{ r.fenced }} for each of responses)"
+                )
+        system = getattr(module, "system", None)
+        msgs: list[Message] = []
+        if system is not None and str(system).strip():
+            msgs.append({"role": "system", "content": str(system).strip()})
+        msgs.append({"role": "user", "content": user})
+        return msgs
+
+
+@functools.cache
+def _load_preset(name: str) -> JudgeTemplate:
+    preset = TEMPLATES[name]
+    source = resources.files(__package__).joinpath(preset.file).read_text(encoding="utf-8")
+    return JudgeTemplate(source, name=preset.name, version=preset.version, origin=preset.file)
+
+
+def load_template(spec: str | Path | JudgeTemplate = DEFAULT_TEMPLATE) -> JudgeTemplate:
+    """A preset by name (``grm-plugin``, ``deepseek-grm``, optionally ``@version``) or a
+    Jinja2 file by path; checked now, so a broken template fails at load time."""
+    if isinstance(spec, JudgeTemplate):
+        return spec
+    text = str(spec)
+    name, _, version = text.partition("@")
+    preset = TEMPLATES.get(name)
+    if preset is not None:
+        if version and version != str(preset.version):
+            raise TemplateError(f"template {name!r} has version {preset.version}, not {version!r}")
+        return _load_preset(preset.name)
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise TemplateError(
+            f"template {text!r} is neither a preset ({', '.join(TEMPLATES)}) nor a file"
+        )
+    return _load_file(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _load_file(path: str, mtime_ns: int) -> JudgeTemplate:
+    # keyed by modification time: an edited file is read again, an unchanged one is not
+    return JudgeTemplate(
+        Path(path).read_text(encoding="utf-8"), name=path, version=None, origin=path
+    )
+
+
+def checked_template(spec: str | None) -> str:
+    """``spec`` (default ``grm-plugin``) after loading it once, so that a broken template fails
+    when the reward is built, not at the first judgment. The spec (not the loaded template) is
+    what a reward keeps: it pickles."""
+    spec = spec or DEFAULT_TEMPLATE
+    load_template(spec)
+    return spec
