@@ -15,19 +15,63 @@ import math
 import random
 import time
 from collections.abc import Sequence
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .meta_rm_data import MetaRMRecord
 from .prompt import Conversation
 
 METRICS_FILE = "meta_rm_metrics.json"
+#: how the saved meta RM lays out its input (written by training, read by ``MetaRM``)
+INPUT_FILE = "meta_rm_input.json"
 #: upper bound on the input length even when the base model allows more (CPU cost is quadratic)
 MAX_INPUT_TOKENS = 512
+#: the same bound for the chat and text layouts, whose one text holds prompt and judgment
+MAX_INPUT_TOKENS_LONG = 4096
 #: share of the input kept for the judgment when everything does not fit
 JUDGMENT_SHARE = 0.6
+
+
+class MetaInputLayout(str, Enum):
+    """How query, responses and one judgment become the classifier's input."""
+
+    #: a text pair: (query + responses, judgment); encoders such as BERT/MiniLM (the default)
+    PAIR = "pair"
+    #: the judge's own chat: user turn = the judge prompt (a judge template), assistant turn =
+    #: the judgment, through the tokenizer's chat template; decoder classifiers such as a
+    #: Gemma2ForSequenceClassification trained on GRM outputs (DeepSeek-GRM-27B-MetaRM)
+    CHAT = "chat"
+    #: one text rendered by a Jinja2 template with {{ query }}, {{ responses }} (list of
+    #: strings, shown order) and {{ judgment }}
+    TEXT = "text"
+
+
+class MetaRMInput(BaseModel):
+    """The meta RM's input layout; saved next to a trained model as ``meta_rm_input.json``.
+
+    Example:
+        >>> MetaRMInput(layout="chat", judge_template="deepseek-grm").layout.value
+        'chat'
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    layout: MetaInputLayout = MetaInputLayout.PAIR
+    judge_template: str = Field(
+        "grm-plugin", description="chat layout: the judge template that renders the user turn"
+    )
+    text_template: str | None = Field(
+        None, description="text layout: a Jinja2 string with query, responses and judgment"
+    )
+
+    @model_validator(mode="after")
+    def _text_needs_template(self) -> MetaRMInput:
+        if self.layout is MetaInputLayout.TEXT and not self.text_template:
+            raise ValueError("layout 'text' needs text_template (Jinja2)")
+        return self
 
 
 class MetaRMMetrics(BaseModel):
@@ -134,8 +178,8 @@ def encode_example(
     return context, tokenizer.decode(j_ids)
 
 
-def _model_max_length(tokenizer: Any, model_config: Any) -> int:
-    limits = [MAX_INPUT_TOKENS]
+def _model_max_length(tokenizer: Any, model_config: Any, cap: int = MAX_INPUT_TOKENS) -> int:
+    limits = [cap]
     tok_max = getattr(tokenizer, "model_max_length", None)
     if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
         limits.append(tok_max)
@@ -167,12 +211,44 @@ def split_by_item(
 
 
 class _Encoder:
-    """Tokenizes records into padded tensors for one model."""
+    """Tokenizes examples into padded tensors for one model and one input layout."""
 
-    def __init__(self, tokenizer: Any, max_length: int, device: str) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        max_length: int,
+        device: str,
+        layout: MetaRMInput | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.device = device
+        self.layout = layout or MetaRMInput()
+        if self.layout.layout is not MetaInputLayout.PAIR:
+            # one long text: keep its end (the critique's conclusions and the final scores)
+            tokenizer.truncation_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._text_template = None
+        if self.layout.layout is MetaInputLayout.TEXT:
+            import jinja2
+
+            env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+            self._text_template = env.from_string(self.layout.text_template or "")
+
+    def _single_text(self, prompt: Conversation, shown: Sequence[str], judgment: str) -> str:
+        if self._text_template is not None:
+            return self._text_template.render(
+                query=conversation_text(prompt), responses=list(shown), judgment=judgment
+            )
+        from .templates import load_template
+
+        # the prompt the judge saw (fence code fixed: it carries no information here)
+        user = load_template(self.layout.judge_template).render(prompt, shown, nonce="meta")
+        messages = [*user, {"role": "assistant", "content": judgment}]
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False)
+        return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
     def __call__(
         self,
@@ -180,19 +256,42 @@ class _Encoder:
         shown: Sequence[Sequence[str]],
         judgments: Sequence[str],
     ) -> dict[str, Any]:
-        pairs = [
-            encode_example(self.tokenizer, p, s, j, self.max_length)
-            for p, s, j in zip(prompts, shown, judgments, strict=True)
-        ]
-        enc = self.tokenizer(
-            [a for a, _ in pairs],
-            [b for _, b in pairs],
-            truncation=True,  # decode/encode round trips can add a token or two
-            max_length=self.max_length,
-            padding=True,
-            return_tensors="pt",
-        )
+        if self.layout.layout is MetaInputLayout.PAIR:
+            pairs = [
+                encode_example(self.tokenizer, p, s, j, self.max_length)
+                for p, s, j in zip(prompts, shown, judgments, strict=True)
+            ]
+            enc = self.tokenizer(
+                [a for a, _ in pairs],
+                [b for _, b in pairs],
+                truncation=True,  # decode/encode round trips can add a token or two
+                max_length=self.max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+        else:
+            texts = [
+                self._single_text(p, s, j)
+                for p, s, j in zip(prompts, shown, judgments, strict=True)
+            ]
+            enc = self.tokenizer(
+                texts,
+                truncation=True,
+                max_length=self.max_length,
+                padding=True,
+                return_tensors="pt",
+                add_special_tokens=self.layout.layout is MetaInputLayout.TEXT,
+            )
         return {k: v.to(self.device) for k, v in enc.items()}
+
+
+def _one_score(logits: Any) -> Any:
+    """One logit per example: a 1-label head as is, a 2-label head as its log-odds."""
+    if logits.shape[-1] == 1:
+        return logits.squeeze(-1)
+    if logits.shape[-1] == 2:
+        return logits[:, 1] - logits[:, 0]
+    raise ValueError(f"a meta RM needs 1 or 2 output labels, this model has {logits.shape[-1]}")
 
 
 def _predict_logits(model: Any, encoder: _Encoder, records: Sequence[MetaRMRecord], bs: int):
@@ -206,7 +305,7 @@ def _predict_logits(model: Any, encoder: _Encoder, records: Sequence[MetaRMRecor
             enc = encoder(
                 [r.prompt for r in rs], [r.shown_responses for r in rs], [r.judgment for r in rs]
             )
-            out += model(**enc).logits.squeeze(-1).float().tolist()
+            out += _one_score(model(**enc).logits).float().tolist()
     return out
 
 
@@ -223,11 +322,13 @@ def train_meta_rm(
     device: str = "cpu",
     max_length: int | None = None,
     progress: bool = True,
+    input: MetaRMInput | None = None,
 ) -> MetaRMMetrics:
     """Fine-tune ``base_model_path`` (any encoder with a sequence-classification head) into a
     meta RM; save model, tokenizer and metrics to ``out_dir``; return the metrics.
 
     The validation split is by item (``split_by_item``); ``val_fraction=0`` trains on all.
+    ``input`` sets the input layout (default: text pairs); it is saved with the model.
     """
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -242,8 +343,11 @@ def train_meta_rm(
     model = AutoModelForSequenceClassification.from_pretrained(
         str(base_model_path), num_labels=1
     ).to(device)
-    length = max_length or _model_max_length(tokenizer, model.config)
-    encoder = _Encoder(tokenizer, length, device)
+    layout = input or MetaRMInput()
+    length = max_length or _model_max_length(tokenizer, model.config, _cap(layout))
+    encoder = _Encoder(tokenizer, length, device, layout)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
     optim = torch.optim.AdamW(model.parameters(), lr=lr)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     steps = epochs * math.ceil(len(train) / batch_size)
@@ -261,7 +365,7 @@ def train_meta_rm(
                 [r.prompt for r in rs], [r.shown_responses for r in rs], [r.judgment for r in rs]
             )
             target = torch.tensor([float(r.label) for r in rs], device=device)
-            loss = loss_fn(model(**enc).logits.squeeze(-1), target)
+            loss = loss_fn(_one_score(model(**enc).logits), target)
             optim.zero_grad()
             loss.backward()
             optim.step()
@@ -301,17 +405,31 @@ def train_meta_rm(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / METRICS_FILE).write_text(metrics.model_dump_json(indent=2))
+    (out / INPUT_FILE).write_text(layout.model_dump_json(indent=2))
     return metrics
+
+
+def _cap(layout: MetaRMInput) -> int:
+    return MAX_INPUT_TOKENS if layout.layout is MetaInputLayout.PAIR else MAX_INPUT_TOKENS_LONG
 
 
 class MetaRM:
     """A saved meta RM as a ``MetaRewardModel``: plug into ``GenerativeRewardFn(meta_rm=...)``.
 
     Args:
-        path: a folder written by ``train_meta_rm``.
+        path: a folder written by ``train_meta_rm``, or any
+            ``AutoModelForSequenceClassification`` folder (BERT-like encoders, Gemma2 and other
+            decoder classifiers such as DeepSeek-GRM-27B-MetaRM) with its tokenizer.
         device: "cpu", "cuda", "cuda:1", ... ("auto": cuda when available).
         batch_size: judgments scored per forward pass.
         output: "probability" (sigmoid of the logit) or "logit"; the ranking is the same.
+            A 2-label head is read as its log-odds (label 1 = correct).
+        input: the input layout (``MetaRMInput``); default: the folder's
+            ``meta_rm_input.json``, else text pairs. For the released DeepSeek-GRM meta RM use
+            ``MetaRMInput(layout="chat", judge_template="deepseek-grm")``.
+        max_length: input tokens (default: the model's limit, at most 512 for pairs and 4096
+            for the chat and text layouts; longer inputs keep their end).
+        dtype: "auto" (bfloat16 on cuda, float32 on cpu), "float32", "bfloat16", "float16".
 
     Example:
         >>> meta = MetaRM(".cache/meta-rm")  # doctest: +SKIP
@@ -327,6 +445,9 @@ class MetaRM:
         device: str = "auto",
         batch_size: int = 16,
         output: str = "probability",
+        input: MetaRMInput | None = None,
+        max_length: int | None = None,
+        dtype: str = "auto",
     ) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -341,18 +462,35 @@ class MetaRM:
         self.device = device
         self.batch_size = batch_size
         self.output = output
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") else "float32"
         self.tokenizer = AutoTokenizer.from_pretrained(str(p))
-        self.model = AutoModelForSequenceClassification.from_pretrained(str(p)).to(device).eval()
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(str(p), dtype=getattr(torch, dtype))
+            .to(device)
+            .eval()
+        )
         metrics_file = p / METRICS_FILE
         self.metrics = (
             MetaRMMetrics.model_validate_json(metrics_file.read_text())
             if metrics_file.is_file()
             else None
         )
-        length = self.metrics.max_length if self.metrics else None
+        input_file = p / INPUT_FILE
+        if input is None and input_file.is_file():
+            input = MetaRMInput.model_validate_json(input_file.read_text())
+        self.input = input or MetaRMInput()
+        length = max_length or (self.metrics.max_length if self.metrics else None)
+        cap = _cap(self.input)
         self._encoder = _Encoder(
-            self.tokenizer, length or _model_max_length(self.tokenizer, self.model.config), device
+            self.tokenizer,
+            length or _model_max_length(self.tokenizer, self.model.config, cap),
+            device,
+            self.input,
         )
+        if self.model.config.pad_token_id is None:
+            # decoder classifiers read the last non-pad token: they must know the pad id
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
 
     def score_judgments(
         self,
@@ -376,7 +514,7 @@ class MetaRM:
                     shown_responses[start:end],
                     judgments[start:end],
                 )
-                logits = self.model(**enc).logits.squeeze(-1).float()
+                logits = _one_score(self.model(**enc).logits).float()
                 values = torch.sigmoid(logits) if self.output == "probability" else logits
                 out += values.tolist()
         return out

@@ -229,3 +229,110 @@ def test_real_minilm_meta_rm(tmp_path):
     res = rm.score("question", ["GOOD a", "BAD b"])
     assert res.num_voted == 2
     assert all(s.meta_score is not None and 0 < s.meta_score < 1 for s in res.samples)
+
+
+# ----------------------------------------------------------- any sequence classifier (Gemma2)
+
+
+def build_tiny_gemma2_classifier(folder, num_labels=1):
+    """A 2-layer random Gemma2ForSequenceClassification (the released DeepSeek-GRM-27B-MetaRM's
+    architecture) with the tiny test tokenizer and its chat template; no pad id in the config,
+    as in classifiers converted from a causal LM."""
+    import torch
+    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForSequenceClassification
+
+    from .tiny_model import build_tiny_model
+
+    tok = AutoTokenizer.from_pretrained(build_tiny_model(folder / "lm"))
+    torch.manual_seed(0)
+    config = Gemma2Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=2048,
+        num_labels=num_labels,
+        pad_token_id=None,
+    )
+    out = folder / "gemma2-meta"
+    Gemma2ForSequenceClassification(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_gemma2_classifier_as_meta_rm_with_the_chat_layout(tmp_path):
+    from grm_plugin.meta_rm_model import MetaRMInput
+
+    folder = build_tiny_gemma2_classifier(tmp_path)
+    layout = MetaRMInput(layout="chat", judge_template="deepseek-grm")
+    meta = MetaRM(folder, device="cpu", batch_size=4, output="logit", input=layout)
+    assert type(meta.model).__name__ == "Gemma2ForSequenceClassification"
+    judgments = [
+        "Specific Criteria: a.\nAnalysis: b.\nScores: \\boxed{9, 2}",
+        "Specific Criteria: something else entirely, much longer than the first one.\n"
+        "Analysis: R2 is better.\nScores: \\boxed{3, 8}",
+        "Scores: \\boxed{5, 5}",
+    ]
+    shown = [["good", "bad"], ["bad", "good"], ["good", "bad"]]
+    batched = meta.score_judgments("Say hi", shown, judgments)
+    alone = [
+        meta.score_judgments("Say hi", [s], [j])[0] for s, j in zip(shown, judgments, strict=True)
+    ]
+    # padding must not change a score: the classifier reads the last real token of each input
+    assert batched == pytest.approx(alone, abs=1e-4)
+    assert len(set(round(x, 5) for x in batched)) == 3
+    # what it reads is the judge's chat: the deepseek-grm prompt, then the judgment
+    text = meta._encoder._single_text("Say hi", shown[0], judgments[0])
+    assert "#### Responses to be scored ####" in text and text.index("boxed{9, 2}") > text.index(
+        "<<<RESPONSE 2 END meta>>>"
+    )
+    # plugs into the reward like the trained encoder does
+    rm = GenerativeRewardFn(RuleJudgeEngine(marker_score), samples=4, seed=0, meta_rm=meta)
+    res = rm.score("question", ["GOOD a", "BAD b"])
+    assert res.num_voted == 2 and all(s.meta_score is not None for s in res.samples)
+
+
+def test_two_label_head_and_text_layout(tmp_path):
+    from grm_plugin.meta_rm_model import MetaRMInput
+
+    folder = build_tiny_gemma2_classifier(tmp_path, num_labels=2)
+    layout = MetaRMInput(
+        layout="text",
+        text_template="Q: {{ query }}\n{% for r in responses %}[{{ loop.index }}] {{ r }}\n"
+        "{% endfor %}Judgment: {{ judgment }}",
+    )
+    meta = MetaRM(folder, device="cpu", input=layout)
+    probs = meta.score_judgments("q", [["a", "b"], ["b", "a"]], ["Scores: 9, 2", "Scores: 2, 9"])
+    assert len(probs) == 2 and all(0.0 < p < 1.0 for p in probs)
+    assert meta._encoder._single_text("q", ["a", "b"], "J") == "Q: q\n[1] a\n[2] b\nJudgment: J"
+    with pytest.raises(ValueError, match="text_template"):
+        MetaRMInput(layout="text")
+
+
+def test_training_saves_the_input_layout(tiny_bert, tmp_path):
+    from grm_plugin.meta_rm_model import INPUT_FILE, MetaInputLayout, MetaRMInput
+
+    out = tmp_path / "meta"
+    layout = MetaRMInput(layout="text", text_template="{{ query }} || {{ judgment }}")
+    train_meta_rm(synthetic_records(4, 2), tiny_bert, out, epochs=1, progress=False, input=layout)
+    assert (out / INPUT_FILE).is_file()
+    assert MetaRM(out, device="cpu").input.layout is MetaInputLayout.TEXT
+
+
+def test_cli_eval_with_a_gemma2_meta_rm(tmp_path, monkeypatch):
+    import grm_plugin.reward as reward
+
+    monkeypatch.setattr(reward, "make_engine", lambda spec: RuleJudgeEngine(marker_score))
+    folder = build_tiny_gemma2_classifier(tmp_path)
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(it.model_dump_json() + "\n" for it in items(2, 1, 0)))
+    out = tmp_path / "out"
+    argv = ["eval", str(data), "--samples", "2", "--out", str(out), "--no-progress"]
+    argv += ["--meta-rm", str(folder), "--meta-layout", "chat", "--meta-device", "cpu"]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["methods"]) == {"voting", "meta_rm_voting"}
+    assert report["methods"]["meta_rm_voting"][0]["n"] == 3

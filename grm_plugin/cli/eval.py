@@ -55,6 +55,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--meta-rm", help="folder of a meta RM (any sequence classifier)")
     p.add_argument("--meta-device", default="auto")
+    p.add_argument(
+        "--meta-layout",
+        choices=["pair", "chat", "text"],
+        help="meta RM input layout (default: the folder's meta_rm_input.json, else pair); "
+        "chat: the judge prompt and the judgment as a chat (DeepSeek-GRM-27B-MetaRM)",
+    )
+    p.add_argument(
+        "--meta-judge-template", default="grm-plugin", help="chat layout: the judge template"
+    )
+    p.add_argument("--meta-text-template", help="text layout: a Jinja2 file")
     p.add_argument("--limit", type=int, help="only the first N items")
     p.add_argument("--out", default="eval-out", help="folder for report.json/.md and the plot")
     p.add_argument("--records", help="also write meta-RM training records from this draw")
@@ -160,10 +170,19 @@ def run(args: argparse.Namespace) -> int:
     if args.records:
         write_records(ev.records_from_draws(draws), args.records)
     if args.meta_rm:
-        from ..meta_rm_model import MetaRM
+        from ..meta_rm_model import MetaRM, MetaRMInput
 
+        layout = None
+        if args.meta_layout:
+            text = Path(args.meta_text_template).read_text() if args.meta_text_template else None
+            layout = MetaRMInput(
+                layout=args.meta_layout,
+                judge_template=args.meta_judge_template,
+                text_template=text,
+            )
         t1 = time.perf_counter()
-        ev.add_meta_scores(draws, MetaRM(args.meta_rm, device=args.meta_device), progress=progress)
+        meta = MetaRM(args.meta_rm, device=args.meta_device, input=layout)
+        ev.add_meta_scores(draws, meta, progress=progress)
         timing["meta_rm_seconds"] = time.perf_counter() - t1
     report = ev.evaluate(
         draws,
