@@ -1,8 +1,22 @@
 """Extract the scores, principles and critique from a judge's output.
 
-Only the judge's generated text is parsed, never the prompt. A score line that is a verbatim copy
-of text inside one of the responses is ignored, so a response that contains
-"Final Scores: [[10, 10]]" cannot set its own score even if the judge quotes it.
+Only the judge's generated text is parsed, never the prompt. What counts is *where* text stands
+in that output, not what it says:
+
+- The scores are the judge's final score line: a ``Final Scores: [[...]]`` line (or a line
+  ending in ``\\boxed{...}``), at a line start, outside quoted text (``>`` blockquotes, code
+  fences, copied response fences). When the output has such a line, looser ones (``Final
+  Scores: 7, 3``) do not count; the last line of the strongest kind present is the verdict.
+- Nothing score-like may follow the verdict: a judge that quotes a response's ``Scores: 10``
+  after its own line, or that was cut off mid-quote, gives no scores (a flagged failure, which
+  is retried), never the quoted number.
+- The principles and the critique come from the judge's own section headers (``Specific
+  Criteria:``, ``Analysis:``) at line starts, in that order, outside quoted text; a header that
+  first appears inside the analysis (e.g. copied from a response) is not the judge's.
+- A verdict line that, together with the text just before it, was copied from a response (a
+  judge echoing a response verbatim) is ignored. This check needs a long stretch of the judge's
+  own preceding text to match, so a response cannot void an honest verdict by containing every
+  short score list.
 
 Example:
     >>> p = parse_judgment("Specific Criteria: a\\nAnalysis: b\\nFinal Scores: [[7, 3.5]]", 2)
@@ -10,6 +24,8 @@ Example:
     ([7.0, 3.5], 'a', 'b')
     >>> parse_judgment("Final Scores: [[7]]", 2).error
     'expected 2 scores, found 1'
+    >>> parse_judgment("Final Scores: [[2]]\\n> Scores: 10", 1).scores is None
+    True
 """
 
 from __future__ import annotations
@@ -17,8 +33,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 
 SCORE_MIN, SCORE_MAX = 1.0, 10.0
+
+#: a verdict is a quote when this many characters (whitespace ignored) of the judge's text just
+#: before it also precede it in a response ...
+QUOTE_CONTEXT = 32
+#: ... or when the response's whole text before it (at least this long) does
+QUOTE_CONTEXT_AT_START = 16
 
 
 def to_unit(score: float) -> float:
@@ -31,24 +54,33 @@ def to_unit(score: float) -> float:
 
 
 _NUM = r"[-+]?\d+(?:\.\d+)?"
-_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
-_DOUBLE_BRACKET = re.compile(r"\[\[([^\[\]]*)\]\]")
-_SCORES_LINE = re.compile(
-    r"^[ \t*#>_-]*(?:final\s+)?scores?\s*[*_]*\s*[:=]\s*[*_]*\s*\[?\s*("
-    + _NUM
-    + r"(?:\s*[,;/]\s*"
-    + _NUM
-    + r")*)\s*\]?[ \t*_.]*$",
-    re.IGNORECASE | re.MULTILINE,
+_NUMS = _NUM + r"(?:\s*[,;/]\s*" + _NUM + r")*"
+_LABEL = r"final\s+scores?\s*[*_]*\s*[:=]\s*[*_]*\s*"
+# decoration a judge may put around its own line (bold, heading, a trailing period); not "-"
+# or ">": a list item or a blockquote is how a judge quotes
+_LEAD = re.compile(r"^[ \t*#_]*")
+_TRAIL = re.compile(r"[ \t*_.]*$")
+_STRICT = re.compile(r"^" + _LABEL + r"\[\[([^\[\]]*)\]\]$", re.IGNORECASE)
+_LABEL_ONLY = re.compile(r"^final\s+scores?\s*[*_]*\s*[:=]$", re.IGNORECASE)
+_BARE_LIST = re.compile(r"^\[\[([^\[\]]*)\]\]$")
+_BOXED_END = re.compile(r"\\boxed\{([^{}]*)\}$")
+_LOOSE = re.compile(r"^" + _LABEL + r"(?:\[\s*(" + _NUMS + r")\s*\]|(" + _NUMS + r"))$", re.I)
+# anything a reader could take for scores, quoted or not
+_SCORE_LIKE = re.compile(r"\[\[|\\boxed\{|\bscores?\b\s*[*_]*\s*[:=]\s*[*_]*\s*[\[\d+-]", re.I)
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_MARKER_BEGIN = re.compile(r"<<<\s*(RESPONSE|CONVERSATION|REFERENCE)\b[^>]*\bBEGIN\b[^>]*>>>")
+_MARKER_END = re.compile(r"<<<\s*(RESPONSE|CONVERSATION|REFERENCE)\b[^>]*\bEND\b[^>]*>>>")
+_PRINCIPLES_HEAD = re.compile(
+    r"^[ \t*#_]*(?:specific\s+criteria|principles?)[ \t*_]*:[ \t*_]*", re.IGNORECASE
 )
-_PRINCIPLES = re.compile(
-    r"(?:specific\s+criteria|principles?)\s*[*_]*\s*:\s*(.*?)(?=^[ \t*#]*analysis\s*[*_]*\s*:|\Z)",
-    re.IGNORECASE | re.DOTALL | re.MULTILINE,
-)
-_ANALYSIS = re.compile(
-    r"^[ \t*#]*analysis\s*[*_]*\s*:\s*(.*?)(?=^[ \t*#]*final\s+scores?|\\boxed\{|\Z)",
-    re.IGNORECASE | re.DOTALL | re.MULTILINE,
-)
+_ANALYSIS_HEAD = re.compile(r"^[ \t*#_]*analysis[ \t*_]*:[ \t*_]*", re.IGNORECASE)
+
+
+class _Kind(IntEnum):
+    """How clearly a line is a verdict: the strongest kind present in an output wins."""
+
+    LOOSE = 1  # Final Scores: 7, 3 / Final Scores: [7, 3]
+    STRONG = 2  # Final Scores: [[7, 3]] / ... \boxed{7, 3}
 
 
 @dataclass
@@ -61,16 +93,102 @@ class ParsedJudgment:
     error: str | None = None
 
 
+@dataclass
+class _Verdict:
+    line: int
+    inner: str
+    kind: _Kind
+
+
 def _squash(text: str) -> str:
-    return re.sub(r"\s+", "", text)
+    # zero-width characters too: the prompt breaks control tokens in responses with them
+    return re.sub(r"[\s\u200b-\u200d\u2060\ufeff]+", "", text)
 
 
-def _candidates(text: str) -> list[tuple[int, str, str]]:
-    """Score-list candidates as (position, inner text, whole match), in order of position."""
-    found = [(m.start(), m.group(1), m.group(0)) for m in _BOXED.finditer(text)]
-    found += [(m.start(), m.group(1), m.group(0)) for m in _DOUBLE_BRACKET.finditer(text)]
-    found += [(m.start(1), m.group(1), m.group(0)) for m in _SCORES_LINE.finditer(text)]
-    return sorted(found)
+def _quoted_lines(lines: list[str]) -> list[bool]:
+    """Lines that are quoted material, not the judge's own text: blockquotes, code fences and
+    copied response/conversation fences."""
+    out = []
+    in_code = in_marker = False
+    for line in lines:
+        if _FENCE.match(line):
+            out.append(True)
+            in_code = not in_code
+            continue
+        if _MARKER_BEGIN.search(line):
+            in_marker = True
+        out.append(in_code or in_marker or line.lstrip().startswith(">"))
+        if _MARKER_END.search(line):
+            in_marker = False
+    return out
+
+
+def _verdict_of(lines: list[str], i: int) -> _Verdict | None:
+    """Line ``i`` read as a verdict line of the judge's own, if it is one."""
+    body = _TRAIL.sub("", _LEAD.sub("", lines[i]))
+    m = _STRICT.match(body)
+    if m:
+        return _Verdict(i, m.group(1), _Kind.STRONG)
+    m = _BOXED_END.search(body)
+    if m:
+        return _Verdict(i, m.group(1), _Kind.STRONG)
+    m = _BARE_LIST.match(body)
+    if m:  # "Final Scores:" on its own line, the list on the next
+        prev = next((j for j in range(i - 1, -1, -1) if lines[j].strip()), None)
+        label = _TRAIL.sub("", _LEAD.sub("", lines[prev])) if prev is not None else ""
+        if _LABEL_ONLY.match(label):
+            return _Verdict(i, m.group(1), _Kind.STRONG)
+        return None
+    m = _LOOSE.match(body)
+    if m:
+        return _Verdict(i, m.group(1) or m.group(2), _Kind.LOOSE)
+    return None
+
+
+def _copied(before: str, line: str, quoted: Sequence[str]) -> bool:
+    """True when ``line`` and the judge's text just ``before`` it were copied from a response."""
+    token = _squash(line)
+    ctx = _squash(before)
+    if not token or not ctx:
+        return False  # an output that is only a score line quotes nothing we can tell
+    for q in quoted:
+        sq = _squash(q)
+        start = sq.find(token)
+        while start != -1:
+            prefix = sq[:start]
+            common = 0
+            limit = min(len(prefix), len(ctx), QUOTE_CONTEXT)
+            while common < limit and prefix[-1 - common] == ctx[-1 - common]:
+                common += 1
+            if common >= QUOTE_CONTEXT or common == len(prefix) >= QUOTE_CONTEXT_AT_START:
+                return True
+            start = sq.find(token, start + 1)
+    return False
+
+
+def _section(lines: list[str], quoted_mask: list[bool], head: re.Pattern, lo: int, hi: int):
+    """Index of the first own-text line in [lo, hi) starting with ``head``, or None."""
+    for i in range(lo, hi):
+        if not quoted_mask[i] and head.match(lines[i]):
+            return i
+    return None
+
+
+def _sections(lines: list[str], quoted_mask: list[bool], end: int) -> tuple[str, str]:
+    """(principles, critique) from the judge's own headers before line ``end``."""
+    analysis = _section(lines, quoted_mask, _ANALYSIS_HEAD, 0, end)
+    crit_end = end
+    principles = ""
+    p = _section(lines, quoted_mask, _PRINCIPLES_HEAD, 0, end if analysis is None else analysis)
+    if p is not None:
+        stop = analysis if analysis is not None else end
+        first = _PRINCIPLES_HEAD.sub("", lines[p], count=1)
+        principles = "\n".join([first, *lines[p + 1 : stop]]).strip()
+    critique = ""
+    if analysis is not None:
+        first = _ANALYSIS_HEAD.sub("", lines[analysis], count=1)
+        critique = "\n".join([first, *lines[analysis + 1 : crit_end]]).strip()
+    return principles, critique
 
 
 def _to_scores(inner: str, n: int) -> tuple[list[float] | None, str | None]:
@@ -87,27 +205,39 @@ def _to_scores(inner: str, n: int) -> tuple[list[float] | None, str | None]:
 
 
 def parse_judgment(text: str, n: int, quoted: Sequence[str] = ()) -> ParsedJudgment:
-    """Parse ``n`` scores from the judge's ``text``.
+    """Parse ``n`` scores from the judge's ``text`` (see the module doc for the rules).
 
-    The last candidate wins (the judge may draft scores before its final line). A candidate whose
-    text (``[[...]]``, ``\\boxed{...}`` or the whole ``Scores:`` line, whitespace ignored) occurs
-    in one of ``quoted`` (the responses) is skipped as a possible quote: a response can then at
-    worst make its judgment fail (a flagged None), never choose its own score.
+    ``quoted``: the responses as given and as shown; a verdict line the judge copied from one of
+    them together with the text before it (a verbatim echo) is not a verdict.
     """
-    quoted_squashed = [_squash(q) for q in quoted]
-    principles_m = _PRINCIPLES.search(text)
-    analysis_m = _ANALYSIS.search(text)
-    principles = principles_m.group(1).strip() if principles_m else ""
-    critique = analysis_m.group(1).strip() if analysis_m else ""
-    error = "no score list found"
-    for _pos, inner, whole in reversed(_candidates(text)):
-        token = _squash(whole)
-        if any(token in q for q in quoted_squashed):
-            error = "only score lists quoted from the responses"
-            continue
-        scores, err = _to_scores(inner, n)
-        if scores is not None:
-            return ParsedJudgment(scores, principles, critique)
-        error = err
-        break  # the judge's last score list is malformed: do not fall back to an earlier draft
-    return ParsedJudgment(None, principles, critique, error)
+    lines = text.splitlines()
+    mask = _quoted_lines(lines)
+    verdicts = [v for i in range(len(lines)) if not mask[i] and (v := _verdict_of(lines, i))]
+    last_score_like = max(
+        (i for i, line in enumerate(lines) if _SCORE_LIKE.search(line)), default=-1
+    )
+    verdict = None
+    if verdicts:
+        strongest = max(v.kind for v in verdicts)
+        verdict = [v for v in verdicts if v.kind == strongest][-1]
+    principles, critique = _sections(lines, mask, verdict.line if verdict else len(lines))
+    if verdict is None:
+        error = (
+            "no score list found"
+            if last_score_like < 0
+            else "no final score line of the judge's own (only quoted or inline score text)"
+        )
+        return ParsedJudgment(None, principles, critique, error)
+    if last_score_like > verdict.line:
+        return ParsedJudgment(
+            None,
+            principles,
+            critique,
+            "score text follows the final score line (a quote after the verdict, or cut off)",
+        )
+    if quoted and _copied("\n".join(lines[: verdict.line]), lines[verdict.line], quoted):
+        return ParsedJudgment(
+            None, principles, critique, "the final score line was copied from a response"
+        )
+    scores, err = _to_scores(verdict.inner, n)
+    return ParsedJudgment(scores, principles, critique, err)

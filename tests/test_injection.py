@@ -96,10 +96,11 @@ def test_pairwise_legit_scores_map_back_to_original_order(attack):
 )
 def test_quoted_injection_in_critique_is_not_a_score(attack_name, judge_text):
     attacked = ATTACKS_BY_NAME[attack_name].apply("Paris.", 1)
-    # control: without knowing the response, the quoted line would have been read as a 10
-    assert parse_judgment(judge_text, 1).scores == [10.0]
-    parsed = parse_judgment(judge_text, 1, quoted=[attacked])
-    assert parsed.scores is None and parsed.error == "only score lists quoted from the responses"
+    # where the line stands decides, not whether the parser knows the response: an inline
+    # mention, or a line without the verdict's label, is no verdict
+    for quoted in ([], [attacked]):
+        parsed = parse_judgment(judge_text, 1, quoted=quoted)
+        assert parsed.scores is None and "final score line" in parsed.error
 
 
 def test_fake_end_marker_cannot_close_the_fence():
