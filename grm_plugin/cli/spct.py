@@ -1,0 +1,202 @@
+"""``grm-plugin spct collect|sft|rl``: train your own generative reward model (SPCT)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .engine_args import add_judge_args, judge_config_from_args
+
+_CONFIG_HELP = "SPCT config, YAML or JSON (sections judge, collect, sft, rl)"
+
+
+def _load(args: argparse.Namespace):
+    from ..spct.config import SPCTConfig
+
+    return SPCTConfig.load(args.config) if args.config else SPCTConfig()
+
+
+def _overrides(settings, args: argparse.Namespace, flags: dict[str, str]):
+    """``settings`` with the given flags (dest -> field) applied, validated again."""
+    data = settings.model_dump()
+    for dest, key in flags.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            data[key] = value
+    if getattr(args, "lora", False) and data.get("lora") is None:
+        data["lora"] = {}
+    return type(settings).model_validate(data)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "spct",
+        help="train a generative reward model: collect RFT data, fine-tune, online RL",
+        description="SPCT (DeepSeek-GRM): rejective fine-tuning data, SFT, then GRPO on the judge.",
+    )
+    steps = p.add_subparsers(dest="spct_command", required=True)
+
+    c = steps.add_parser(
+        "collect",
+        help="sample judgments on labeled data and keep the correct ones",
+        description='Judge labeled JSONL ({"id", "prompt", "responses", "best"}, or "rating" '
+        "for one response) N times per item and write the correct judgments as chat examples. "
+        "Rerunning with the same --out resumes.",
+    )
+    c.add_argument("data", help="labeled items, JSONL")
+    c.add_argument("--out", required=True, help="records file (JSONL); resumed when it exists")
+    c.add_argument("--hint-retry", action="store_true", help="hinted round for all-wrong items")
+    c.add_argument("--limit", type=int, help="only the first N valid items")
+    c.add_argument("--no-progress", action="store_true")
+    add_judge_args(c)
+    _retune(c, samples_help="judgments per item N (default 3)")
+    c.set_defaults(func=run_collect)
+
+    s = steps.add_parser(
+        "sft",
+        help="fine-tune the judge on collected records (trl SFTTrainer)",
+        description="Supervised fine-tuning with the loss on the judgment only; writes a model "
+        "folder that --model and GenerativeRewardFn load.",
+    )
+    s.add_argument("records", help="records from `grm-plugin spct collect`")
+    s.add_argument("--out", required=True, help="folder to save the fine-tuned judge into")
+    s.add_argument("--base", help="model folder, .gguf or hub id (default: the embedded judge)")
+    s.add_argument("--lora", action="store_true", help="train a LoRA adapter (merged on save)")
+    s.add_argument("--drop-hinted", action="store_true", help="leave hinted records out")
+    s.add_argument("--epochs", type=float)
+    s.add_argument("--max-steps", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--max-length", type=int)
+    s.add_argument("--device")
+    s.add_argument("--config", help=_CONFIG_HELP)
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=run_sft)
+
+    r = steps.add_parser(
+        "rl",
+        help="GRPO on the judge with the +1/-1 rule reward (trl GRPOTrainer)",
+        description="Online RL: judge prompts with fresh response orders, group_size judgments "
+        "each, reward +1 when the best response is scored strictly highest, else -1.",
+    )
+    r.add_argument("data", help="labeled items, JSONL (as for collect)")
+    r.add_argument("--out", required=True, help="folder to save the trained judge into")
+    r.add_argument("--base", help="model folder, e.g. the sft output (default: embedded judge)")
+    r.add_argument("--lora", action="store_true")
+    r.add_argument("--steps", type=int)
+    r.add_argument("--group-size", type=int)
+    r.add_argument("--beta", type=float, help="KL coefficient (default 0.08)")
+    r.add_argument("--lr", type=float)
+    r.add_argument("--temperature", type=float)
+    r.add_argument("--max-completion-length", type=int)
+    r.add_argument("--device")
+    r.add_argument("--limit", type=int)
+    r.add_argument("--config", help=_CONFIG_HELP)
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=run_rl)
+
+
+def _retune(p: argparse.ArgumentParser, samples_help: str) -> None:
+    for action in p._actions:
+        if "--config" in action.option_strings:
+            action.help = _CONFIG_HELP
+        if "--samples" in action.option_strings:
+            action.help = samples_help
+
+
+def run_collect(args: argparse.Namespace) -> int:
+    from ..reward import GenerativeRewardFn
+    from ..spct.collect import collect, counts_path
+    from ..spct.items import read_items
+
+    spct = _load(args)
+    samples = args.samples or spct.collect.samples
+    args.samples = None  # N is the collect setting, applied below
+    cfg = judge_config_from_args(args, base=spct.judge)
+    cfg.sampling = cfg.sampling.model_copy(
+        update={"samples": samples, "parse_retries": spct.collect.parse_retries}
+    )
+    items, report = read_items(args.data, args.limit)
+    for message in report.messages[:10]:
+        print(f"skipped {message}", file=sys.stderr)
+    rm = GenerativeRewardFn.from_config(cfg)
+    counts = collect(
+        rm,
+        items,
+        args.out,
+        hint_retry=args.hint_retry or spct.collect.hint_retry,
+        chunk_size=spct.collect.chunk_size,
+        read_report=report,
+        progress=not args.no_progress,
+    )
+    print(counts.summary())
+    print(f"wrote {args.out} and {counts_path(args.out)}")
+    return 0
+
+
+def run_sft(args: argparse.Namespace) -> int:
+    from ..spct.collect import read_rft_records
+    from ..spct.sft import train_sft
+
+    settings = _overrides(
+        _load(args).sft,
+        args,
+        {
+            "base": "base",
+            "epochs": "epochs",
+            "max_steps": "max_steps",
+            "lr": "learning_rate",
+            "batch_size": "batch_size",
+            "max_length": "max_length",
+            "device": "device",
+        },
+    )
+    if args.drop_hinted:
+        settings = settings.model_copy(update={"hinted": "drop"})
+    records = read_rft_records(args.records)
+    report = train_sft(records, args.out, settings, progress=not args.no_progress)
+    print(
+        f"sft: {report['examples']} examples, {report['steps']} steps, "
+        f"{report['train_seconds']:.0f}s, loss {report['train_loss']:.4f} -> {args.out}"
+    )
+    return 0
+
+
+def run_rl(args: argparse.Namespace) -> int:
+    from ..spct.items import read_items
+    from ..spct.rl import train_rl
+
+    spct = _load(args)
+    settings = _overrides(
+        spct.rl,
+        args,
+        {
+            "base": "base",
+            "steps": "steps",
+            "group_size": "group_size",
+            "beta": "beta",
+            "lr": "learning_rate",
+            "temperature": "temperature",
+            "max_completion_length": "max_completion_length",
+            "device": "device",
+        },
+    )
+    items, report = read_items(args.data, args.limit)
+    for message in report.messages[:10]:
+        print(f"skipped {message}", file=sys.stderr)
+    result = train_rl(
+        items,
+        args.out,
+        settings,
+        principles=spct.judge.principles,
+        progress=not args.no_progress,
+    )
+    metrics = [
+        {k: h[k] for k in ("step", "spct/accuracy", "spct/parse_rate") if k in h}
+        for h in result["log_history"]
+        if "spct/accuracy" in h
+    ]
+    print("per step: " + json.dumps(metrics))
+    print(f"rl: {result['steps']} steps, {result['train_seconds']:.0f}s -> {args.out}")
+    return 0

@@ -1,0 +1,153 @@
+"""SPCT end to end on a tiny model built from a config: collect with a scripted judge, SFT and
+RL for 2 steps each (trl + peft for real), and the saved folders load as judges."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("trl")
+pytest.importorskip("peft")
+
+from grm_plugin import GenerativeRewardFn  # noqa: E402
+from grm_plugin.cli.main import main  # noqa: E402
+from grm_plugin.spct import LoraSettings, SFTSettings, SPCTItem, collect  # noqa: E402
+from grm_plugin.spct.collect import read_rft_records  # noqa: E402
+from grm_plugin.spct.sft import train_sft  # noqa: E402
+
+from .spct_fakes import ScriptedJudge  # noqa: E402
+from .tiny_model import build_tiny_model  # noqa: E402
+
+ITEMS = [
+    SPCTItem(id="a", prompt="Say hi", responses=["hi", "go away"], best=0),
+    SPCTItem(id="b", prompt="Add 2 and 2", responses=["5", "4"], best=1),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    judge = ScriptedJudge(
+        {
+            "Say hi": ("hi", ["right", "wrong", "wrong"], []),
+            "Add 2 and 2": ("4", ["wrong", "wrong", "wrong"], ["right", "wrong", "right"]),
+        }
+    )
+    rm = GenerativeRewardFn(judge, samples=3, seed=0, parse_retries=0)
+    out = tmp_path_factory.mktemp("rft") / "rft.jsonl"
+    counts = collect(rm, ITEMS, out, hint_retry=True, progress=False)
+    assert (counts.kept, counts.hinted) == (3, 2)
+    return out
+
+
+def _loads_as_judge(folder: Path) -> None:
+    rm = GenerativeRewardFn(str(folder), max_new_tokens=16, parse_retries=0)
+    result = rm.score("Say hi", ["hi", "go away"])
+    # random weights never write a valid judgment, but the folder loaded and generated
+    assert result.samples and result.samples[0].text is not None
+
+
+def test_sft_with_lora_saves_a_loadable_judge(tiny: Path, records: Path, tmp_path: Path) -> None:
+    settings = SFTSettings(base=str(tiny), lora=LoraSettings(r=4, alpha=8), max_steps=2)
+    report = train_sft(read_rft_records(records), tmp_path / "sft", settings, progress=False)
+    assert report["steps"] == 2 and report["examples"] == 3 and report["hinted_examples"] == 2
+    losses = [h["loss"] for h in report["log_history"] if "loss" in h]
+    assert len(losses) == 2 and all(loss > 0 for loss in losses)
+    saved = json.loads((tmp_path / "sft" / "spct_train.json").read_text())
+    assert saved["steps"] == 2
+    assert not (tmp_path / "sft" / "adapter_config.json").exists()  # merged: a plain folder
+    _loads_as_judge(tmp_path / "sft")
+
+
+def test_sft_drop_hinted_and_full_fine_tuning(tiny: Path, records: Path, tmp_path: Path) -> None:
+    settings = SFTSettings(base=str(tiny), max_steps=2, hinted="drop")
+    report = train_sft(read_rft_records(records), tmp_path / "sft", settings, progress=False)
+    assert report["examples"] == 1 and report["hinted_examples"] == 0
+
+
+def test_sft_completion_only_loss_masks_the_prompt(tiny: Path, records: Path) -> None:
+    """The loss covers the judgment tokens only: trl's collator masks every prompt token."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from grm_plugin.spct.sft import sft_examples
+
+    recs = read_rft_records(records)
+    tok = AutoTokenizer.from_pretrained(tiny)
+    args = SFTConfig(
+        output_dir="/tmp/unused",
+        completion_only_loss=True,
+        max_length=2048,
+        use_cpu=True,
+        report_to="none",
+    )
+    trainer = SFTTrainer(
+        model=str(tiny),
+        args=args,
+        train_dataset=Dataset.from_list(sft_examples(recs)),
+        processing_class=tok,
+    )
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    labels = batch["labels"][0]
+    ids = batch["input_ids"][0]
+    trained = tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab != -100])
+    assert recs[0].messages[-1]["content"].split()[0] in trained
+    assert "Evaluate the" not in trained and "<<<RESPONSE" not in trained
+
+
+def test_cli_collect_sft_rl_eval_as_in_the_readme(
+    tiny: Path, records: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(it.model_dump_json(exclude_none=True) + "\n" for it in ITEMS))
+    rft = tmp_path / "rft.jsonl"
+    argv = ["spct", "collect", str(data), "--out", str(rft), "--samples", "3", "--hint-retry"]
+    # a real model (random weights): every judgment is unparsable, so all items get the hint
+    assert main([*argv, "--model", str(tiny), "--max-new-tokens", "16", "--no-progress"]) == 0
+    counts = json.loads((tmp_path / "rft.counts.json").read_text())
+    assert (counts["samples"], counts["rejected_unparsable"], counts["kept"]) == (12, 12, 0)
+    assert counts["hint_retried"] == 2
+    assert "rejected unparsable 12" in capsys.readouterr().out
+
+    sft = tmp_path / "judge-sft"
+    argv = ["spct", "sft", str(records), "--out", str(sft), "--lora", "--base", str(tiny)]
+    assert main([*argv, "--max-steps", "2", "--no-progress"]) == 0
+    assert "3 examples, 2 steps" in capsys.readouterr().out
+
+    rl = tmp_path / "judge-rl"
+    argv = ["spct", "rl", str(data), "--base", str(sft), "--out", str(rl), "--steps", "2"]
+    argv += ["--group-size", "2", "--max-completion-length", "16", "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    line = next(ln for ln in printed.splitlines() if ln.startswith("per step: "))
+    per_step = json.loads(line.removeprefix("per step: "))
+    assert [m["step"] for m in per_step] == [1, 2]
+    # random weights: nothing parses, so every judgment is -1
+    assert all(m["spct/parse_rate"] == 0.0 and m["spct/accuracy"] == 0.0 for m in per_step)
+    saved = json.loads((rl / "spct_train.json").read_text())
+    assert saved["stage"] == "rl" and saved["steps"] == 2 and saved["settings"]["beta"] == 0.08
+
+    report_dir = tmp_path / "eval"
+    argv = ["eval", str(data), "--model", str(rl), "--samples", "1", "--max-new-tokens", "16"]
+    assert main([*argv, "--out", str(report_dir), "--no-progress"]) == 0
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["n_items"] == 2 and report["levels"][0]["parse_failures"] == 2
+
+
+def test_cli_reads_the_example_config(tiny: Path, tmp_path: Path) -> None:
+    """examples/spct.yaml as shipped: collect takes N, the hint flag and the sampling from it."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "spct.yaml"
+    data = tmp_path / "train.jsonl"
+    data.write_text(ITEMS[0].model_dump_json(exclude_none=True) + "\n")
+    out = tmp_path / "rft.jsonl"
+    argv = ["spct", "collect", str(data), "--out", str(out), "--config", str(example)]
+    assert main([*argv, "--model", str(tiny), "--max-new-tokens", "16", "--no-progress"]) == 0
+    counts = json.loads((tmp_path / "rft.counts.json").read_text())
+    assert counts["samples"] == 6 and counts["hint_retried"] == 1  # samples: 3, hint_retry: true
