@@ -24,9 +24,14 @@ def add_judge_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
 
 
-def judge_config_from_args(args: argparse.Namespace) -> JudgeConfig:
-    """A JudgeConfig from --config, overridden by the flags that were given."""
-    cfg = JudgeConfig.load(args.config) if args.config else JudgeConfig()
+def judge_config_from_args(
+    args: argparse.Namespace, base: JudgeConfig | None = None
+) -> JudgeConfig:
+    """A JudgeConfig from ``base`` or --config, overridden by the flags that were given."""
+    if base is not None:
+        cfg = base.model_copy(deep=True)
+    else:
+        cfg = JudgeConfig.load(args.config) if args.config else JudgeConfig()
     if args.model:
         cfg.engine = TransformersEngineConfig(model=args.model)
     elif args.server:

@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from . import eval as eval_cmd
-from . import meta_rm, score, serve
+from . import meta_rm, score, serve, spct
 
 # each module: register(subparsers) adds its parser and sets ``func(args) -> int``
-SUBCOMMANDS = [score, serve, meta_rm, eval_cmd]
+SUBCOMMANDS = [score, serve, meta_rm, eval_cmd, spct]
 
 
 def build_parser() -> argparse.ArgumentParser:
