@@ -269,3 +269,31 @@ class LockedJudge(RuleJudgeEngine):
 def test_unpicklable_engine_gets_a_clear_message():
     with pytest.raises(TypeError, match="Build it from a spec"):
         pickle.dumps(GenerativeRewardFn(LockedJudge()))
+
+
+# ------------------------------------------------------------- issue 13 item 16: eval, no plot
+
+
+def test_eval_without_matplotlib_warns_first_and_writes_the_report(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import grm_plugin.reward as reward
+    from grm_plugin.cli.main import main
+
+    from .test_evaluation import items, marker_score
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    seen_before_judging: list[str] = []
+
+    def engine(spec):
+        seen_before_judging.append(capsys.readouterr().err)
+        return RuleJudgeEngine(marker_score)
+
+    monkeypatch.setattr(reward, "make_engine", engine)
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(it.model_dump_json() + "\n" for it in items(2, 1, 0)))
+    out = tmp_path / "out"
+    assert main(["eval", str(data), "--samples", "1,2", "--out", str(out), "--no-progress"]) == 0
+    assert "grm-plugin[plot]" in seen_before_judging[0]  # told before the work, not after
+    assert (out / "report.json").is_file() and (out / "report.md").is_file()
+    assert not (out / "accuracy_vs_k.png").exists()

@@ -5,6 +5,7 @@ greedy, voting and meta-RM voting; writes JSON, markdown and a plot."""
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -52,6 +53,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--template", help="judge prompt template: a preset name or a .jinja file")
     p.add_argument(
         "--greedy", action="store_true", help="also draw one greedy judgment per item (k=1)"
+    )
+    p.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="also report adaptive k on the same draw: stop once the leader cannot be overtaken",
+    )
+    p.add_argument(
+        "--agreement", type=int, help="adaptive k: also stop after N agreeing valid samples"
     )
     p.add_argument("--meta-rm", help="folder of a meta RM (any sequence classifier)")
     p.add_argument("--meta-device", default="auto")
@@ -105,11 +114,16 @@ def _count_tokens(rm, draws) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from .. import evaluation as ev
+    from ..adaptive import AdaptiveRule
     from ..benchmark_data import Format, ReaderOptions, load_benchmark
     from ..meta_rm_data import write_records
 
     ks: list[int] = args.samples
     args.samples = None  # the judge config gets max k below
+    # said before the judging, not after it: the plot is the only part that needs the extra
+    plot = ev.plot_available()
+    if not plot:
+        print(f"warning: {ev.NO_PLOT_WARNING}", file=sys.stderr)
     progress = not args.no_progress
     cfg = judge_config_from_args(args)
     if args.template:
@@ -191,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         parse_retries=args.parse_retries,
         greedy=greedy,
         overall=bench.overall,
+        adaptive=AdaptiveRule(k_max=max(ks), agreement=args.agreement) if args.adaptive else None,
     )
     report.benchmark = {
         "source": bench.source,
@@ -208,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
         "reused_samples": args.reuse_samples,
     }
     report.timing = timing
-    paths = ev.write_report(report, out)
+    paths = ev.write_report(report, out, plot=plot)
     print(ev.markdown_table(report))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
