@@ -31,6 +31,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from .adaptive import AdaptiveRule, adaptive_samples
 from .benchmark_data.readers import Overall
 from .benchmark_data.scoring import headline
 from .meta_rm import MetaRewardModel, rate_samples
@@ -48,6 +49,8 @@ from .voting import argmax_random_tie, select_by_meta, vote
 METHODS = ("voting", "meta_rm_voting")
 #: one greedy judgment per item, from a separate draw (the paper's "greedy" row)
 GREEDY = "greedy"
+#: voting over the samples adaptive k would have used from the same draw
+ADAPTIVE = "adaptive"
 
 
 class ItemDraw(BaseModel):
@@ -80,6 +83,9 @@ class PointStats(BaseModel):
         description="items whose best response is second (or later)"
     )
     n_best_second: int
+    samples_used_per_item: float | None = Field(
+        None, description="mean samples an item used (adaptive k; fixed k uses k)"
+    )
 
 
 class LevelStats(BaseModel):
@@ -279,6 +285,7 @@ def evaluate(
     methods: Sequence[str] | None = None,
     greedy: Sequence[ItemDraw] | None = None,
     overall: Overall = Overall.MICRO,
+    adaptive: AdaptiveRule | None = None,
 ) -> EvalReport:
     """Accuracy per k and method from one draw, overall and per subset. Ties (and items with no
     valid sample) are broken at random with a generator seeded by (seed, k, item id):
@@ -286,7 +293,9 @@ def evaluate(
     flip the same coin. Meta-RM voting is reported when every item has meta scores on its valid
     samples (see ``add_meta_scores``). ``greedy``: a separate draw of one greedy judgment per
     item, reported as the method ``greedy`` at k = 1. ``overall``: the benchmark's rule for its
-    headline number (``headline``), besides the plain accuracy over items (``methods``)."""
+    headline number (``headline``), besides the plain accuracy over items (``methods``).
+    ``adaptive``: also the method ``adaptive`` (voting over the samples adaptive k would have
+    used from the same draw; see ``grm_plugin.adaptive``), with its samples used per item."""
     ks = sorted(set(ks))
     if not ks or ks[0] < 1:
         raise ValueError("ks must be positive integers")
@@ -323,6 +332,16 @@ def evaluate(
             )
         )
         runs += [(m, k, draws, chosen) for m in methods]
+    if adaptive is not None:
+        if adaptive.k_max > ks[-1]:
+            raise ValueError(f"adaptive k_max={adaptive.k_max} exceeds the draw (k={ks[-1]})")
+        chosen = [
+            adaptive_samples(
+                draw_sequence([s for s in d.result.samples if s.attempt == 0]), adaptive
+            )
+            for d in draws
+        ]
+        runs.append((ADAPTIVE, adaptive.k_max, draws, chosen))
     if greedy is not None:
         by_id = {g.item.id: g for g in greedy}
         missing = [d.item.id for d in draws if d.item.id not in by_id]
@@ -335,9 +354,11 @@ def evaluate(
     names = sorted({d.item.subset for d in draws if d.item.subset is not None})
     headline_stats: dict[str, list[HeadlineStats]] = {}
     for method, k, ds, chosen in runs:
-        vote_method = "voting" if method == GREEDY else method
+        vote_method = "voting" if method in (GREEDY, ADAPTIVE) else method
         outcomes = _outcomes(ds, chosen, vote_method, k, seed)
-        per_method.setdefault(method, []).append(_point(k, outcomes))
+        point = _point(k, outcomes)
+        point.samples_used_per_item = sum(len(c) for c in chosen) / len(chosen) if chosen else 0.0
+        per_method.setdefault(method, []).append(point)
         acc: dict[str, tuple[float, int]] = {}
         for name in names:
             sub = [o for d, o in zip(ds, outcomes, strict=True) if d.item.subset == name]
@@ -397,6 +418,7 @@ _LABELS: dict[str, str] = {
     "voting": "voting",
     "meta_rm_voting": "meta RM voting",
     GREEDY: "greedy",
+    ADAPTIVE: "adaptive k",
 }
 
 
@@ -409,17 +431,18 @@ def markdown_table(report: EvalReport) -> str:
     the benchmark's headline number, per-subset accuracy, and cost per k."""
     lines = [
         "| method | k | n | accuracy % | ±1.96·SE | 95% CI (Wilson) | tie rate | no-vote rate "
-        "| acc. best shown 1st in data | acc. best 2nd |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| acc. best shown 1st in data | acc. best 2nd | samples used per item |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, points in report.methods.items():
         for p in points:
+            used = "–" if p.samples_used_per_item is None else f"{p.samples_used_per_item:.2f}"
             lines.append(
                 f"| {_LABELS.get(method, method)} | {p.k} | {p.n} | {_pct(p.accuracy)} "
                 f"| {100 * 1.96 * p.se:.1f} | [{_pct(p.ci95_low)}, {_pct(p.ci95_high)}] "
                 f"| {_pct(p.tie_rate)} | {_pct(p.no_vote_rate)} "
                 f"| {_pct(p.acc_best_first)} (n={p.n_best_first}) "
-                f"| {_pct(p.acc_best_second)} (n={p.n_best_second}) |"
+                f"| {_pct(p.acc_best_second)} (n={p.n_best_second}) | {used} |"
             )
     if report.headline and any(h.parts or h.rule != "micro" for hs in report.headline.values()
                                for h in hs):  # fmt: skip

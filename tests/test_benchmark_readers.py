@@ -374,9 +374,11 @@ def test_cli_eval_on_a_benchmark_per_subset_with_greedy(tmp_path, monkeypatch):
     data = write_parquet(tmp_path / "rb.parquet", rows)
     out = tmp_path / "out"
     argv = ["eval", str(data), "--samples", "1,2", "--greedy", "--out", str(out), "--no-progress"]
-    assert main(argv) == 0
+    assert main([*argv, "--adaptive"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert set(report["methods"]) == {"greedy", "voting"}
+    assert set(report["methods"]) == {"greedy", "voting", "adaptive"}
+    # the rule judge never leads by more than 9 after one sample: adaptive uses both
+    assert report["methods"]["adaptive"][0]["samples_used_per_item"] == 2
     assert [p["k"] for p in report["methods"]["greedy"]] == [1]
     assert report["methods"]["voting"][0]["correct"] == 4  # the flipped pair is wrong
     easy = report["subsets"]["alpacaeval-easy"]["voting"][0]

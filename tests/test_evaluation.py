@@ -240,3 +240,22 @@ def test_cli_eval_end_to_end(tmp_path, monkeypatch):
 def test_cli_eval_rejects_bad_k_list(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["eval", str(tmp_path / "d.jsonl"), "--samples", "0,2"])
+
+
+def test_adaptive_k_stops_when_the_leader_cannot_be_overtaken():
+    from grm_plugin.adaptive import AdaptiveRule
+
+    clear = [_sample([10, 1])] * 4  # gap 9 per sample: after 3 samples 27 > 9 left
+    split = [_sample([9, 1]), _sample([1, 9]), _sample([9, 1]), _sample([9, 1])]
+    draws = [_draw("clear", 0, clear), _draw("split", 0, split)]
+    report = evaluate(draws, [4], methods=["voting"], adaptive=AdaptiveRule(k_max=4))
+    fixed, adaptive = report.methods["voting"][0], report.methods["adaptive"][0]
+    assert adaptive.samples_used_per_item == (3 + 4) / 2
+    assert fixed.samples_used_per_item == 4
+    assert adaptive.correct == fixed.correct == 2
+    agree = evaluate(draws, [4], methods=["voting"], adaptive=AdaptiveRule(k_max=4, agreement=2))
+    # 'clear' agrees after 2; 'split' disagrees at 2, then samples 3 and 4 agree
+    assert agree.methods["adaptive"][0].samples_used_per_item == (2 + 4) / 2
+    assert "adaptive k" in markdown_table(agree)
+    with pytest.raises(ValueError, match="exceeds the draw"):
+        evaluate(draws, [2], adaptive=AdaptiveRule(k_max=4))

@@ -54,6 +54,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--greedy", action="store_true", help="also draw one greedy judgment per item (k=1)"
     )
+    p.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="also report adaptive k on the same draw: stop once the leader cannot be overtaken",
+    )
+    p.add_argument(
+        "--agreement", type=int, help="adaptive k: also stop after N agreeing valid samples"
+    )
     p.add_argument("--meta-rm", help="folder of a meta RM (any sequence classifier)")
     p.add_argument("--meta-device", default="auto")
     p.add_argument(
@@ -106,6 +114,7 @@ def _count_tokens(rm, draws) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from .. import evaluation as ev
+    from ..adaptive import AdaptiveRule
     from ..benchmark_data import Format, ReaderOptions, load_benchmark
     from ..meta_rm_data import write_records
 
@@ -196,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         parse_retries=args.parse_retries,
         greedy=greedy,
         overall=bench.overall,
+        adaptive=AdaptiveRule(k_max=max(ks), agreement=args.agreement) if args.adaptive else None,
     )
     report.benchmark = {
         "source": bench.source,
