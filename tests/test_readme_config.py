@@ -1,0 +1,29 @@
+"""The judge config shown in the README loads as written (every key is a real key)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from grm_plugin import GenerativeRewardFn, JudgeConfig
+from grm_plugin.testing import RuleJudgeEngine
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _judge_yaml_blocks() -> list[str]:
+    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S)
+    return [b for b in blocks if b.startswith("# judge.yaml")]
+
+
+def test_readme_judge_yaml_loads(tmp_path):
+    blocks = _judge_yaml_blocks()
+    assert blocks, "the README shows no judge.yaml"
+    for block in blocks:
+        cfg = JudgeConfig.model_validate(yaml.safe_load(block))
+        path = tmp_path / "judge.yaml"
+        path.write_text(block)
+        rm = GenerativeRewardFn.from_config(path, engine=RuleJudgeEngine())
+        assert rm.deadline == cfg.deadline
