@@ -366,7 +366,7 @@ class OpenRLHFProtocol(RewardProtocol):
         per_response = self.policy.apply(judged.result, max(judged.distinct, 1))
         members = [per_response[min(m, len(per_response) - 1)] for m in judged.members]
         mine = members[judged.position]
-        if mine.value is None and mine.error:
+        if mine.failed:
             log.warning("no reward from the judge: %s", mine.error)
         return mine, self.policy.fill(members)[judged.position]
 
@@ -411,7 +411,9 @@ class OpenRLHFReward:
     ) -> None:
         self.rm = rm
         self.protocol = OpenRLHFProtocol(settings)
-        self.server = server or ServerSettings(group_window=0.0)
+        # the same defaults as ``grm-plugin serve``: samples of a prompt that arrive within
+        # group_window of each other (from OpenRLHF's threads) are judged together
+        self.server = server or ServerSettings()
         self.deadline = self.server.deadline or DEFAULT_DEADLINE_S
         self.batcher = GroupBatcher(
             rm,

@@ -5,10 +5,12 @@
 #   2. `grm-plugin serve`: OpenRLHF's remote-RM protocol on 127.0.0.1:5000,
 #   3. OpenRLHF, pointed at it with --reward.remote_url.
 #
-# Every rollout sample becomes one POST /get_reward; the server judges it (principles, critique,
-# 1-10 score), answers (score - 1) / 9 as the reward, and on any judge failure answers the
-# fallback reward (0.0) with extra_logs grm_failed = 1 instead of an HTTP error: OpenRLHF's
-# client retries only 5 times and then stops the training.
+# Every rollout sample becomes one POST /get_reward. The server holds it up to --group-window
+# seconds for the other samples of its prompt and judges them together (principles, critiques,
+# 1-10 scores), answering (score - 1) / 9 as the reward. A failed judgment never becomes an HTTP
+# error (OpenRLHF's client retries only 5 times and then stops the training): the sample gets
+# the mean reward of the others judged with it (zero advantage under GRPO), flagged grm_failed.
+# A sample judged alone (window closed) is judged pointwise.
 set -euo pipefail
 
 # any instruct model can judge; one trained for this format (DeepSeek-GRM style) judges better
@@ -16,8 +18,9 @@ JUDGE_MODEL=${JUDGE_MODEL:-Qwen/Qwen2.5-7B-Instruct}
 POLICY_MODEL=${POLICY_MODEL:-Qwen/Qwen2.5-1.5B-Instruct}
 DATASET=${DATASET:-OpenRLHF/prompt-collection-v0.1}
 PORT=${PORT:-5000}
-# a shared secret: the server answers 401 without it. OpenRLHF's client cannot send headers,
-# so the token travels in the URL (?token=...); the server does not log URLs.
+# a shared secret: the server answers 401 without it. OpenRLHF's client sets no headers, but it
+# sends a URL's user:password as an Authorization header and leaves them out of its error logs
+# (a ?token=... would be logged by OpenRLHF's client whenever a request fails).
 export GRM_PLUGIN_TOKEN=${GRM_PLUGIN_TOKEN:-$(python -c 'import secrets; print(secrets.token_hex(16))')}
 
 # 1. the judge: its own GPU, away from the policy's vLLM engines
@@ -28,10 +31,13 @@ JUDGE_PID=$!
 # 2. the reward server. --samples 4: four judgments voted per sample (the paper's voting@k).
 #    --tokenizer: the POLICY's tokenizer; its special tokens (EOS, padding, chat template) are
 #    cut from the decoded query before the judge sees the response. --deadline 150: a request
-#    not judged by then gets the fallback, well inside OpenRLHF's 180 s client timeout.
+#    not judged by then gets the failure value, well inside OpenRLHF's 180 s client timeout.
+#    --group-size = n_samples_per_prompt below; --group-window 5: samples of a prompt that finish
+#    generating up to 5 s after the first are judged with it (later ones form their own group).
 grm-plugin serve --server http://127.0.0.1:8000/v1 --server-model judge \
     --samples 4 --max-new-tokens 1024 \
     --tokenizer "$POLICY_MODEL" --deadline 150 \
+    --group-size 8 --group-window 5 \
     --host 127.0.0.1 --port "$PORT" &
 SERVE_PID=$!
 trap 'kill $SERVE_PID $JUDGE_PID 2>/dev/null || true' EXIT
@@ -44,7 +50,7 @@ until curl -sf "http://127.0.0.1:$PORT/health" >/dev/null \
 #    Rewards are in [0, 1], which suits --algo.dynamic_filtering_range's default (0, 1).
 python -m openrlhf.cli.train_ppo_ray \
     --actor.model_name_or_path "$POLICY_MODEL" \
-    --reward.remote_url "http://127.0.0.1:$PORT/get_reward?token=$GRM_PLUGIN_TOKEN" \
+    --reward.remote_url "http://grm:$GRM_PLUGIN_TOKEN@127.0.0.1:$PORT/get_reward" \
     --data.prompt_dataset "$DATASET" \
     --data.input_key context_messages \
     --data.apply_chat_template \

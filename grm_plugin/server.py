@@ -25,6 +25,8 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import importlib
 import json
 import logging
@@ -225,9 +227,6 @@ def _authorized(request: Request, token: str | None) -> bool:
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     scheme = scheme.lower()
     if scheme == "basic":
-        import base64
-        import binascii
-
         try:
             given = base64.b64decode(given.strip(), validate=True).decode().partition(":")[2]
         except (binascii.Error, UnicodeDecodeError):

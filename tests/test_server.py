@@ -5,13 +5,19 @@ The same protocol is exercised with OpenRLHF's own client in tests/adapters/open
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import re
+import shlex
 import subprocess
 import sys
+import textwrap
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from grm_plugin import GenerativeRewardFn
@@ -470,3 +476,69 @@ def test_serve_flags_override_config_sections(monkeypatch):
     o = OpenRLHFProtocol.from_section(section, protocol_overrides(args)).settings
     assert (o.policy.scale, o.policy.fallback, o.policy.on_failure) == ("raw", 0.1, "fallback")
     assert o.strip_tokens == ["</s>", "<eos>"]
+
+
+# ------------------------------------------------------------------------- README and example
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def openrlhf_docs() -> list[tuple[str, str]]:
+    """The README's OpenRLHF section and the OpenRLHF launch script."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("### OpenRLHF")
+    end = readme.index("\n### ", start + 1)
+    script = (ROOT / "examples" / "openrlhf_remote_rm.sh").read_text()
+    return [("README.md", readme[start:end]), ("openrlhf_remote_rm.sh", script)]
+
+
+def serve_commands(text: str) -> list[list[str]]:
+    """argv (after ``grm-plugin``) of every ``grm-plugin serve`` command, $VARS filled in."""
+    if "```" in text:  # markdown: the shell blocks only, not the prose
+        text = "\n".join(re.findall(r"```(?:bash|sh)\n(.*?)```", text, re.S))
+    joined = text.replace("\\\n", " ")
+    found = []
+    for line in joined.splitlines():
+        if line.strip().startswith("grm-plugin serve"):  # a command, not a comment
+            cmd = re.sub(r"\$\{?(\w+)\}?", r"1", line.strip().split(" &")[0])
+            found.append(shlex.split(cmd, comments=True)[1:])
+    return found
+
+
+def test_readme_and_example_serve_commands_give_valid_settings(monkeypatch):
+    monkeypatch.delenv("GRM_PLUGIN_TOKEN", raising=False)
+    commands = [c for _, text in openrlhf_docs() for c in serve_commands(text)]
+    assert len(commands) >= 2
+    for argv in commands:
+        args = build_parser().parse_args(argv)
+        settings = build_settings(args, {})
+        OpenRLHFProtocol.from_section({}, protocol_overrides(args))  # validates the policy
+        assert settings.group_size == 8  # what the docs tell users to set
+
+
+def test_every_serve_flag_in_the_openrlhf_docs_exists():
+    """Every grm-plugin flag named in the OpenRLHF section is one of `grm-plugin serve --help`
+    (OpenRLHF's own dotted flags are checked against its parser in the nox session)."""
+    sub = next(
+        a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices["serve"]
+    options = {o for a in sub._actions for o in a.option_strings}
+    help_text = sub.format_help()
+    # the prose and commands of the README section (the launch script also runs vllm, whose
+    # flags are not ours: its grm-plugin commands are parsed by the test above)
+    section = openrlhf_docs()[0][1]
+    named = set(re.findall(r"(?<![\w.-])--[a-z][a-z-]+(?![\w.])", section))
+    assert {"--group-size", "--group-window", "--fallback-reward", "--token"} <= named
+    for flag in named:
+        assert flag in options and flag in help_text, flag
+
+
+def test_readme_openrlhf_config_block_loads():
+    section = openrlhf_docs()[0][1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block
+    data = yaml.safe_load(textwrap.dedent(block.group(1)))
+    judge, adapter, server = load_plugin_config(data)
+    assert adapter.policy.on_failure == "abstain"
+    settings = ServerSettings.model_validate(server)
+    assert (settings.group_window, settings.group_size, settings.deadline) == (0.5, 8, 150.0)

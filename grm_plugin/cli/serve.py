@@ -94,7 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--on-failure",
         choices=["abstain", "fallback"],
         help="a failed judgment gets the mean of its group's other rewards ('abstain', "
-        "default; the scale's middle when there are none) or --fallback-reward ('fallback')",
+        "default; when there are none, --fallback-reward or else the scale's middle) or "
+        "always --fallback-reward ('fallback')",
     )
     p.add_argument(
         "--fallback-reward",
