@@ -164,7 +164,12 @@ def _resume(out: Path) -> dict[str, ItemOutcome]:
 
 
 def _record(item: SPCTItem, index: int, sample: Sample, hinted: bool) -> RFTRecord:
-    assert sample.messages is not None and sample.text is not None and sample.scores is not None
+    if sample.messages is None:
+        raise ValueError(
+            "a judgment came back without the messages it was judged with (from a judgment "
+            "cache?): collecting needs fresh judgments, so turn any judgment cache off"
+        )
+    assert sample.text is not None and sample.scores is not None
     return RFTRecord(
         id=item.id,
         sample_index=index,
