@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from .engines.base import EngineError, GenerationRequest, JudgeEngine
+from ..engines.base import EngineError, GenerationRequest, JudgeEngine
 
 _FENCE = re.compile(r"<<<RESPONSE (\d+) BEGIN (\w+)>>>\n(.*?)\n<<<RESPONSE \1 END \2>>>", re.S)
 
@@ -27,7 +27,28 @@ def length_score(response: str) -> float:
 
 def shown_responses(request: GenerationRequest) -> list[str]:
     """The responses in the order the judge prompt shows them."""
-    return [m.group(3) for m in _FENCE.finditer(request.messages[-1]["content"])]
+    return responses_in_prompt(request.messages[-1]["content"])
+
+
+def responses_in_prompt(text: str) -> list[str]:
+    """The fenced responses of a judge prompt's text, in the order shown."""
+    return [m.group(3) for m in _FENCE.finditer(text)]
+
+
+def rule_judgment(responses: list[str], score_fn: Callable[[str], float] = length_score) -> str:
+    """A well-formed judgment that scores each shown response by ``score_fn``.
+
+    Example:
+        >>> rule_judgment(["hi", "hello there"]).splitlines()[-1]
+        'Final Scores: [[3, 10]]'
+    """
+    scores = ", ".join(f"{score_fn(r):g}" for r in responses)
+    return (
+        "Specific Criteria: Accuracy (60%), Brevity (40%).\n"
+        "Analysis: "
+        + " ".join(f"Response {i + 1} is fine." for i in range(len(responses)))
+        + f"\nFinal Scores: [[{scores}]]"
+    )
 
 
 class RuleJudgeEngine(JudgeEngine):
@@ -39,15 +60,7 @@ class RuleJudgeEngine(JudgeEngine):
 
     async def generate(self, request: GenerationRequest) -> list[str]:
         self.requests.append(request)
-        responses = shown_responses(request)
-        scores = ", ".join(f"{self.score_fn(r):g}" for r in responses)
-        text = (
-            "Specific Criteria: Accuracy (60%), Brevity (40%).\n"
-            "Analysis: "
-            + " ".join(f"Response {i + 1} is fine." for i in range(len(responses)))
-            + f"\nFinal Scores: [[{scores}]]"
-        )
-        return [text] * request.n
+        return [rule_judgment(shown_responses(request), self.score_fn)] * request.n
 
 
 class FailingEngine(JudgeEngine):
