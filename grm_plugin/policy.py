@@ -21,6 +21,7 @@ API:
 
 Keys (``Key`` and ``failure_key``): ``grm_failed``, ``grm_failed_<FailureKind value>`` (engine,
 timeout, parse, empty, bad_input), ``grm_abstained``, ``grm_empty``, ``grm_cache_hit``,
+``grm_duplicate`` (an identical response of the same item was judged instead),
 ``grm_truncated``, ``grm_no_prompt``, ``grm_raw`` (the 1-10 score, 0.0 when none: a NaN would
 poison the frameworks' means), ``grm_num_valid``.
 
@@ -52,6 +53,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .cache import CACHED_FLAG, DUPLICATE_FLAG
 from .parsing import SCORE_MAX, SCORE_MIN, to_unit
 from .results import FailureKind, JudgmentResult
 
@@ -68,7 +70,6 @@ __all__ = [
 #: flags the core puts on a response (``JudgmentResult.flags``) that the policy reports
 EMPTY_FLAG = "empty_response"
 TRUNCATED_FLAG = "truncated"
-CACHED_FLAG = "cached"
 
 
 class Key(str, Enum):
@@ -78,6 +79,7 @@ class Key(str, Enum):
     ABSTAINED = "grm_abstained"
     EMPTY = "grm_empty"
     CACHE_HIT = "grm_cache_hit"
+    DUPLICATE = "grm_duplicate"
     TRUNCATED = "grm_truncated"
     NO_PROMPT = "grm_no_prompt"
     RAW = "grm_raw"
@@ -100,6 +102,7 @@ REWARD_KEYS: tuple[str, ...] = (
     Key.ABSTAINED.value,
     Key.EMPTY.value,
     Key.CACHE_HIT.value,
+    Key.DUPLICATE.value,
     Key.TRUNCATED.value,
     Key.NO_PROMPT.value,
     Key.RAW.value,
@@ -119,6 +122,7 @@ class RewardValue:
     failure_kind: FailureKind | None = None
     empty: bool = False
     cached: bool = False
+    duplicate: bool = False
     truncated: bool = False
     no_prompt: bool = False
     num_valid: int = 0
@@ -133,6 +137,7 @@ class RewardValue:
         out[Key.ABSTAINED.value] = float(self.failed and self.value is None)
         out[Key.EMPTY.value] = float(self.empty)
         out[Key.CACHE_HIT.value] = float(self.cached)
+        out[Key.DUPLICATE.value] = float(self.duplicate)
         out[Key.TRUNCATED.value] = float(self.truncated)
         out[Key.NO_PROMPT.value] = float(self.no_prompt)
         out[Key.RAW.value] = 0.0 if self.raw is None else float(self.raw)
@@ -239,6 +244,7 @@ class RewardPolicy(BaseModel):
             ssum = result.score_sums[i] if i < len(result.score_sums) else None
             common = dict(
                 cached=CACHED_FLAG in flags,
+                duplicate=DUPLICATE_FLAG in flags,
                 truncated=TRUNCATED_FLAG in flags,
                 num_valid=result.num_valid,
             )
