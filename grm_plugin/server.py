@@ -134,7 +134,11 @@ class ServerSettings(BaseModel):
         "password of 'Authorization: Basic' (a URL's user:token@host), or '?token=<token>'",
     )
     deadline: float | None = Field(
-        None, gt=0, description="seconds per request, then the failure answer (None: protocol's)"
+        None,
+        gt=0,
+        description="seconds from a request's arrival to its answer: group window, wait for a "
+        "judging slot and the judgment (which the judge config's deadline.item may bound "
+        "further); then the failure answer. None: the protocol's (OpenRLHF: 150)",
     )
     group_window: float = Field(
         0.5,
