@@ -79,6 +79,8 @@ async def serve_and_load(args: argparse.Namespace, batch_size: int, batch_wait: 
             sys.executable, "-m", "grm_plugin.cli.main", "serve",
             "--model", str(smollm2_gguf()), "--config", str(cfg), "--port", str(port),
             "--batch-size", str(batch_size), "--batch-wait", str(batch_wait),
+            # every request has its own prompt: no group to wait for (engine batching measured)
+            "--group-window", "0",
             # batch size 1 queues 64 clients' requests: no fallback may cut that short
             "--deadline", "3000",
         ]  # fmt: skip
