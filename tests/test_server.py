@@ -542,3 +542,9 @@ def test_readme_openrlhf_config_block_loads():
     assert adapter.policy.on_failure == "abstain"
     settings = ServerSettings.model_validate(server)
     assert (settings.group_window, settings.group_size, settings.deadline) == (0.5, 8, 150.0)
+
+
+def test_readme_lists_every_extra_logs_key():
+    section = openrlhf_docs()[0][1]
+    table_row = next(line for line in section.splitlines() if line.startswith("| `extra_logs`"))
+    assert set(re.findall(r"`(grm_\w+)`", table_row)) == set(LOG_KEYS)
