@@ -4,8 +4,10 @@
 ``trl.trainer.utils.is_async_callable`` and awaits it on its background event loop, so judge
 requests overlap with other async reward functions. Completions of the same prompt are judged
 together (listwise, in chunks of ``group_size``), which gives scores that compare the members of
-a GRPO group with each other. A completion the judge could not score gets ``None``: trl leaves it
-out of that reward instead of stopping training.
+a GRPO group with each other; identical completions are judged once. What a score is worth and
+what a failure or an empty completion gets is the ``grm_plugin.policy.RewardPolicy``: by default
+a completion the judge could not score gets ``None`` (trl leaves it out of that reward instead
+of stopping training).
 
 This module does not import trl: it only follows trl's reward-function contract.
 
@@ -21,28 +23,24 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from ..config import JudgeConfig
+from ..config import JudgeConfig, judge_config_from_env
 from ..engines import EngineSpec, JudgeEngine, make_engine
-from ..parsing import to_unit
-from ..results import JudgmentResult
+from ..policy import RewardPolicy, RewardValue, summarize
+from ..results import FailureKind, JudgmentResult
 from ..reward import GenerativeRewardFn, run_sync
 
 log = logging.getLogger(__name__)
 
-Scale = Literal["unit", "raw"] | Callable[[float], float]
-
-__all__ = ["GRMReward"]
-
-#: an empty completion is the policy's fault: the lowest score (None would make trl skip it, so
-#: nothing would push the policy away from answering nothing). Set empty_response_score to change.
-EMPTY_SCORE = 1.0
+__all__ = ["GRMReward", "group_indices"]
 
 
 def _content_text(content: Any) -> str:
@@ -118,30 +116,59 @@ def group_indices(keys: Sequence[Any], size: int) -> list[range]:
     return chunks
 
 
+def _chunks(
+    keys: Sequence[Any], texts: Sequence[str], size: int, dedup: bool
+) -> tuple[list[list[int]], dict[int, int]]:
+    """Chunks of at most ``size`` indices for each run of contiguous equal keys, and for every
+    copy (``dedup``: a text already in its run) the index of its first occurrence.
+
+    Example:
+        >>> _chunks(["p"] * 4 + ["q"], ["a", "b", "a", "c", "a"], 2, dedup=True)
+        ([[0, 1], [3], [4]], {2: 0})
+    """
+    chunks: list[list[int]] = []
+    copies: dict[int, int] = {}
+    for run in group_indices(keys, max(1, len(keys))):
+        first: dict[str, int] = {}
+        distinct: list[int] = []
+        for i in run:
+            if dedup and texts[i] in first:
+                copies[i] = first[texts[i]]
+            else:
+                first.setdefault(texts[i], i)
+                distinct.append(i)
+        for c in _balanced_chunks(0, len(distinct), size):
+            chunks.append([distinct[j] for j in c])
+    return chunks, copies
+
+
 class GRMReward:
     """A trl reward function backed by a generative reward model.
 
     Args:
         config: a ``JudgeConfig``, a dict, or a YAML/JSON file path. It is loaded and validated
             now; the judge itself is built on the first call (so the object pickles cheaply).
+            With neither ``config`` nor ``engine``, the file in ``$GRM_PLUGIN_CONFIG`` is
+            loaded, and without it construction fails naming the variable (the embedded demo
+            judge is ``{"engine": {"type": "default"}}``, never a silent default).
         engine: the judge engine: a ``JudgeEngine``, a server URL, a model path, an engine
-            config; overrides ``config.engine``. With neither ``config`` nor ``engine`` the
-            embedded demo judge is used (slow, weak: for trying things only). Where the reward
-            must pickle (trl's ``AsyncGRPOTrainer``), give a URL, path or engine config rather
-            than a live engine object: those are built again in the scoring process.
+            config; overrides ``config.engine``. Where the reward must pickle (trl's
+            ``AsyncGRPOTrainer``), give a URL, path or engine config rather than a live engine
+            object: those are built again in the scoring process.
         name: the name trl logs under (``rewards/<name>/mean``) and the prefix of our metrics.
         group_size: completions of one prompt judged together; 1 = pointwise. Larger groups
             are split into near-equal chunks; only contiguous completions are grouped.
         reference_column: dataset column whose value is the reference answer (if present).
-        scale: ``"unit"`` (default) maps the judge's 1-10 score to [0, 1] via (s - 1) / 9, so it
-            mixes with 0/1 rule rewards; ``"raw"`` keeps 1-10; or a picklable callable.
+        policy: a ``RewardPolicy`` (or its dict): scale (``unit`` [0, 1] by default, ``raw``,
+            ``sum``, a picklable function), failure (``abstain`` = ``None`` by default, or a
+            fallback value), empty completion (the lowest score by default).
         log_judgments: send principles/critiques to trl's completions table (``log_extra``).
         **judge_kwargs: ``GenerativeRewardFn`` options (``samples``, ``temperature``, ...),
-            only when no ``config`` is given.
+            only with ``engine`` and no ``config``.
 
     Example:
         >>> from grm_plugin.testing import RuleJudgeEngine
-        >>> reward = GRMReward(engine=RuleJudgeEngine(), scale="raw")
+        >>> reward = GRMReward(engine=RuleJudgeEngine(), policy={"scale": "raw"})
         >>> reward.score(["Say hi"], [[{"role": "assistant", "content": "hello"}]])
         [6.0]
     """
@@ -154,18 +181,24 @@ class GRMReward:
         name: str = "grm",
         group_size: int = 4,
         reference_column: str | None = "reference",
-        scale: Scale = "unit",
+        policy: RewardPolicy | Mapping[str, Any] | None = None,
         log_judgments: bool = True,
         **judge_kwargs: Any,
     ) -> None:
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
-        if scale not in ("unit", "raw") and not callable(scale):
-            raise ValueError(f"scale must be 'unit', 'raw' or a callable, got {scale!r}")
         if config is not None and judge_kwargs:
             raise TypeError(
                 f"give judge options in the config, not as arguments: {sorted(judge_kwargs)}"
             )
+        if config is None and engine is None:
+            if judge_kwargs:
+                raise TypeError(
+                    f"judge options {sorted(judge_kwargs)} need an engine (or put them in a config)"
+                )
+            config = judge_config_from_env("trl GRMReward (pass a config or an engine)")
+        if judge_kwargs:  # a misspelt option fails here, not silently on the first call
+            inspect.signature(GenerativeRewardFn).bind(engine, **judge_kwargs)
         if isinstance(config, (str, Path)):
             config = JudgeConfig.load(config)
         elif isinstance(config, Mapping):
@@ -176,9 +209,14 @@ class GRMReward:
         self.__name__ = name  # trl's get_callable_name() reads this
         self.group_size = group_size
         self.reference_column = reference_column
-        self.scale = scale
+        self.policy = (
+            policy
+            if isinstance(policy, RewardPolicy)
+            else RewardPolicy.model_validate(policy or {})
+        )
         self.log_judgments = log_judgments
         self._rm: GenerativeRewardFn | None = None
+        self._failures = 0
 
     # ------------------------------------------------------------------------------- judge
 
@@ -190,13 +228,9 @@ class GRMReward:
                 engine = self.engine
                 if engine is not None and not isinstance(engine, JudgeEngine):
                     engine = make_engine(engine)
-                config = self.config
-                if "empty_response_score" not in config.model_fields_set:
-                    config = config.model_copy(update={"empty_response_score": EMPTY_SCORE})
-                self._rm = GenerativeRewardFn.from_config(config, engine=engine)
+                self._rm = GenerativeRewardFn.from_config(self.config, engine=engine)
             else:
-                kwargs = {"empty_response_score": EMPTY_SCORE, **self.judge_kwargs}
-                self._rm = GenerativeRewardFn(self.engine, **kwargs)
+                self._rm = GenerativeRewardFn(self.engine, **self.judge_kwargs)
         return self._rm
 
     def __getstate__(self) -> dict[str, Any]:
@@ -207,17 +241,9 @@ class GRMReward:
 
     def __repr__(self) -> str:
         return (
-            f"GRMReward(name={self.__name__!r}, group_size={self.group_size}, scale={self.scale!r})"
+            f"GRMReward(name={self.__name__!r}, group_size={self.group_size}, "
+            f"policy={self.policy!r})"
         )
-
-    def _scaled(self, score: float | None) -> float | None:
-        if score is None or math.isnan(score):
-            return None
-        if self.scale == "unit":
-            return to_unit(score)
-        if self.scale == "raw":
-            return score
-        return float(self.scale(score))  # type: ignore[operator]
 
     # ------------------------------------------------------------------------------- trl API
 
@@ -233,9 +259,7 @@ class GRMReward:
         if len(prompts) != n:
             raise ValueError(f"{len(prompts)} prompts but {n} completions")
         refs = kwargs.get(self.reference_column) if self.reference_column else None
-        references = (
-            [None if r is None else str(r) for r in refs] if refs is not None else [None] * n
-        )
+        references = [self.policy.reference(r) for r in refs] if refs is not None else [None] * n
         judge_prompts = [_prompt_for_judge(p) for p in prompts]
         texts = [_completion_text(c) for c in completions]
 
@@ -245,40 +269,49 @@ class GRMReward:
             (json.dumps(p, sort_keys=True, default=str), r)
             for p, r in zip(judge_prompts, references, strict=True)
         ]
-        chunks = group_indices(keys, self.group_size)
         try:
-            results = await self.rm.ascore_batch(
-                [judge_prompts[c.start] for c in chunks],
-                [[texts[i] for i in c] for c in chunks],
-                [references[c.start] for c in chunks],
-            )
+            rm = self.rm
         except Exception as e:  # noqa: BLE001 - e.g. the judge cannot be built: never stop training
-            log.exception("GRM judge failed for a whole batch")
+            log.exception("GRM judge could not be built")
+            rm, build_error = None, f"{type(e).__name__}: {e}"
+        cache = getattr(rm, "cache_config", None)
+        # identical completions of a prompt are judged once (unless the config's cache.dedup is
+        # off), so a chunk of group_size holds distinct completions
+        chunks, copies = _chunks(keys, texts, self.group_size, cache.dedup if cache else True)
+        if rm is not None:
+            # the judge config's deadline.batch bounds the whole call (unjudged: timeout)
+            results = await rm.ascore_batch(
+                [judge_prompts[c[0]] for c in chunks],
+                [[texts[i] for i in c] for c in chunks],
+                [references[c[0]] for c in chunks],
+            )
+            k = rm.keep if rm.meta_rm is not None else rm.sampling.samples
+        else:
             results = [
-                JudgmentResult(failed=True, error=f"{type(e).__name__}: {e}") for _ in chunks
+                JudgmentResult(failed=True, error=build_error, failure_kind=FailureKind.ENGINE)
+                for _ in chunks
             ]
+            k = 1
 
-        raw: list[float | None] = [None] * n
-        errors: list[str] = [""] * n
+        values: list[RewardValue] = [RewardValue(None)] * n
         principles: list[str] = [""] * n
         critiques: list[str] = [""] * n
         for c, res in zip(chunks, results, strict=True):
             voter = next((s for s in res.samples if s.voted), None)
-            for j, i in enumerate(c):
-                raw[i] = res.scores[j] if j < len(res.scores) else None
-                if raw[i] is None:
-                    errors[i] = res.error or "no score"
+            for i, value in zip(c, self.policy.apply(res, n=len(c), k=k), strict=True):
+                values[i] = value
                 if voter is not None:
                     principles[i], critiques[i] = voter.principles, voter.critique
-        rewards = [self._scaled(s) for s in raw]
-        self._log(kwargs, raw, errors, principles, critiques)
-        return rewards
+        for i, first in copies.items():
+            values[i] = dataclasses.replace(values[first], duplicate=True)
+            principles[i], critiques[i] = principles[first], critiques[first]
+        self._log(kwargs, values, principles, critiques)
+        return [v.value for v in values]
 
     def _log(
         self,
         kwargs: Mapping[str, Any],
-        raw: list[float | None],
-        errors: list[str],
+        values: list[RewardValue],
         principles: list[str],
         critiques: list[str],
     ) -> None:
@@ -286,24 +319,25 @@ class GRMReward:
         name = self.__name__
         log_metric = kwargs.get("log_metric")
         if callable(log_metric):
-            failed = sum(s is None for s in raw)
-            log_metric(f"{name}/judge_failures", float(failed))
-            log_metric(f"{name}/judge_failure_rate", failed / max(len(raw), 1))
-            scored = [s for s in raw if s is not None]
-            # only when something scored: trl averages every value, and a NaN would poison it
-            if scored:
-                log_metric(f"{name}/judge_score_mean", sum(scored) / len(scored))
+            # the policy's keys, as rates over this call; grm_raw only when something scored
+            # (trl averages every value it is given, and a NaN would poison it)
+            for key, rate in summarize(values).items():
+                log_metric(f"{name}/{key}", rate)
+        errors = [v.error or "" for v in values]
         log_extra = kwargs.get("log_extra")
         if self.log_judgments and callable(log_extra):
             log_extra(f"{name}_principles", principles)
             log_extra(f"{name}_critique", critiques)
             log_extra(f"{name}_error", errors)
-        if any(s is None for s in raw):
+        failed = [v for v in values if v.failed]
+        if failed:
+            self._failures += len(failed)
             log.warning(
-                "GRM judge gave no score to %d of %d completions (first error: %s)",
-                sum(s is None for s in raw),
-                len(raw),
-                next(e for e in errors if e),
+                "GRM judge gave no score to %d of %d completions (%d so far; first error: %s)",
+                len(failed),
+                len(values),
+                self._failures,
+                failed[0].error,
             )
 
     def score(

