@@ -49,6 +49,7 @@ import json
 import logging
 import math
 import threading
+import weakref
 from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -157,7 +158,11 @@ class VerlSettings(BaseModel):
 _override: GenerativeRewardFn | None = None
 _judges: dict[str, GenerativeRewardFn] = {}
 _judges_lock = threading.Lock()
-_batchers: dict[tuple[int, int, int, float], GroupBatcher] = {}
+#: per event loop (weakly: a closed loop's id can come back for a new one), then per judge and
+#: chunk size: a batcher binds its futures to one loop
+_batchers: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[int, int, float], GroupBatcher]
+] = weakref.WeakKeyDictionary()
 
 
 def set_reward_fn(rm: GenerativeRewardFn | None) -> None:
@@ -235,10 +240,11 @@ def _batcher(rm: GenerativeRewardFn, settings: VerlSettings, expected: int | Non
     """One batcher per event loop, judge and chunk size (a batcher binds to its loop)."""
     size = settings.chunk_size(expected)
     window = settings.group_window if size > 1 else 0.0
-    key = (id(asyncio.get_running_loop()), id(rm), size, window)
-    batcher = _batchers.get(key)
+    per_loop = _batchers.setdefault(asyncio.get_running_loop(), {})
+    key = (id(rm), size, window)
+    batcher = per_loop.get(key)
     if batcher is None:
-        batcher = _batchers[key] = GroupBatcher(rm, window=window, max_size=size)
+        batcher = per_loop[key] = GroupBatcher(rm, window=window, max_size=size)
     return batcher
 
 
