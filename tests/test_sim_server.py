@@ -204,3 +204,26 @@ def test_fault_values() -> None:
     assert Fault(FaultKind.RATE_LIMIT).status == 429
     with pytest.raises(ValueError):
         FaultPlan(rates={"drop": 0.8, "hang": 0.5})
+
+
+def test_at_scale_benchmark_runs_against_a_given_server(tmp_path) -> None:
+    """``--server`` (the real-fleet mode) end to end, tiny: the script is unchanged for vLLM."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "at_scale.py"
+    with SimServer({"capacity": FAST}) as server:
+        out = tmp_path / "at_scale"
+        cmd = [sys.executable, str(script), "--server", server.url, "--capacity", "50"]
+        cmd += ["--sizes", "6", "--ks", "1,2", "--naive-items", "2", "--out", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["items"], r["k"], r["b"]["answered"]) for r in report["rows"]] == [
+        (6, 1, 6),
+        (6, 2, 6),
+    ]
+    assert all(r["c"]["judgments_per_s"] == 50 for r in report["rows"])
+    assert "| main | 1 | 6 | 2 |" in out.with_suffix(".md").read_text()

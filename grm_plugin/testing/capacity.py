@@ -102,6 +102,8 @@ class SharedStage:
         self._ids = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self.busy_time = 0.0
+        #: integral of the number of running jobs over time: / elapsed = the mean batch
+        self.job_seconds = 0.0
 
     @property
     def running(self) -> int:
@@ -115,6 +117,7 @@ class SharedStage:
         if self._heap:
             self._virtual += self._rate() * (now - self._last)
             self.busy_time += now - self._last
+            self.job_seconds += len(self._heap) * (now - self._last)
         self._last = now
 
     async def run(self, work: float) -> None:

@@ -97,6 +97,8 @@ class SimStats:
     per_replica: list[int] = field(default_factory=list)
     prefill_busy_s: float = 0.0
     decode_busy_s: float = 0.0
+    #: sequence-seconds spent decoding; over an interval / its length = the mean decode batch
+    decode_job_s: float = 0.0
 
 
 def import_rule(path: str) -> Callable[[str], float]:
@@ -185,6 +187,7 @@ class SimServer:
             s.samples += r.samples
             s.prefill_busy_s += r.prefill.busy_time
             s.decode_busy_s += r.decode.busy_time
+            s.decode_job_s += r.decode.job_seconds
         return s
 
     # ------------------------------------------------------------------------ lifecycle
@@ -497,7 +500,8 @@ class SimServerProcess:
 
         root = self.urls[0].rsplit("/v1", 1)[0]
         data = httpx.get(root + "/sim/stats", timeout=10).json()
-        return SimStats(**data)
+        known = SimStats.__dataclass_fields__
+        return SimStats(**{k: v for k, v in data.items() if k in known})
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is None or self.proc.poll() is not None:
