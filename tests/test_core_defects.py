@@ -152,8 +152,9 @@ def test_openai_clients_do_not_leak_across_event_loops():
         rm = GenerativeRewardFn(OpenAIEngineConfig(base_url=srv.url, model="m"))
         asyncio.run(rm.ascore("Q", ["a"]))
         before = _open_fds()
-        for _ in range(40):
-            assert asyncio.run(rm.ascore("Q", ["a"])).scores == [6.0]
+        for i in range(40):  # distinct prompts: each is a real request (no cached judgment)
+            assert asyncio.run(rm.ascore(f"Q{i}", ["a"])).scores == [6.0]
+        assert len(srv.bodies) == 41
         # one client (and socket) per loop used to stay open: +40 here, EMFILE eventually
         assert _open_fds() - before < 10
         assert len(rm.engine._loops) <= 1
@@ -164,9 +165,13 @@ def test_cancelling_ascore_batch_cancels_its_items():
     rm = GenerativeRewardFn(judge)
 
     async def main() -> None:
-        task = asyncio.ensure_future(rm.ascore_batch(["Q"] * 4, [["STALL"]] * 4))
-        while judge.started < 4:
+        prompts = [f"Q{i}" for i in range(4)]  # distinct: identical items share a judgment
+        task = asyncio.ensure_future(rm.ascore_batch(prompts, [["STALL"]] * 4))
+        for _ in range(1000):  # a bound on a hang
+            if judge.started == 4:
+                break
             await asyncio.sleep(0.01)
+        assert judge.started == 4
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -257,7 +262,9 @@ def test_reward_fn_with_the_openai_engine_pickles_as_its_config():
             assert again.engine is not rm.engine
             assert again.engine.config == rm.engine.config
             assert again.deadline == rm.deadline
-            assert again.score("Q", ["a"]).scores == [7.0]
+            before = len(srv.bodies)
+            assert again.score("Another Q", ["a"]).scores == [7.0]  # not a cached judgment
+            assert len(srv.bodies) > before  # the rebuilt engine asked the server
 
 
 class LockedJudge(RuleJudgeEngine):
