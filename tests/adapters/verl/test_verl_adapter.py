@@ -429,6 +429,12 @@ async def test_empty_response_gets_lowest_score_without_judge(tokenizer, rule_en
     assert rule_engine.requests == []
 
 
+def test_module_docstring_examples() -> None:
+    import doctest
+
+    assert doctest.testmod(adapter).failed == 0
+
+
 def test_unknown_setting_is_an_error() -> None:
     # the old adapters' names (score_scale, fallback_score) must not be silently ignored
     with pytest.raises(ValueError, match="score_scale"):
