@@ -41,8 +41,10 @@ import platform
 import random
 import resource
 import secrets
+import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +186,9 @@ def ceiling(
         / seconds
         / replicas,
         "saturating_batch": CAPACITY.decode_capacity / CAPACITY.decode_tps_per_seq,
+        # share of the time at least one sequence was decoding (per replica): idle time is
+        # time the client left the server waiting
+        "decode_busy_share": (after.decode_busy_s - before.decode_busy_s) / seconds / replicas,
         "prefill_tokens_per_judgment": prefill,
         "requests": after.requests - before.requests,
         "faults": {k: after.faults.get(k, 0) - before.faults.get(k, 0) for k in after.faults},
@@ -218,13 +223,17 @@ def run_cells(
     replicas: int,
     capacity: float | None,
     label: str,
+    server_cpu: Callable[[], float] | None = None,
 ) -> list[dict[str, Any]]:
     rows = []
     for n in sizes:
         prompts, responses = items(n)
         for k in ks:
             before = stats() if stats else None
+            cpu0 = server_cpu() if server_cpu else None
             b = plugin(urls, model, prompts, responses, k, max_tokens)
+            if server_cpu:
+                b["server_cpu_cores"] = (server_cpu() - cpu0) / b["seconds"]
             row: dict[str, Any] = {"run": label, "replicas": replicas, "items": n, "k": k, "b": b}
             if stats:
                 row["c"] = ceiling(before, stats(), replicas, b["judgments"], b["seconds"])
@@ -240,6 +249,13 @@ def run_cells(
                 flush=True,
             )
     return rows
+
+
+def cpu_of(sim: SimServerProcess) -> Callable[[], float]:
+    """The simulated server process's CPU seconds so far (its own cost, not the client's)."""
+    assert sim.proc is not None
+    proc = psutil.Process(sim.proc.pid)
+    return lambda: sum(proc.cpu_times()[:2])
 
 
 def first_model(url: str) -> str:
@@ -267,12 +283,15 @@ def report_md(report: dict[str, Any]) -> str:
         "1000 / (ms per judgment), what the client could sustain on one core of its own; "
         "*server decode batch* = mean sequences decoding per replica during (b) (the decode "
         f"stage is saturated from {CAPACITY.decode_capacity / CAPACITY.decode_tps_per_seq:g} "
-        "on: below that, the client did not keep the server fed).",
+        "on: below that, the client did not keep the server fed); *server decode busy* = share "
+        "of the time at least one sequence was decoding (the rest, the server waited for "
+        "requests); *server CPU* = cores the simulated server process used.",
         "",
         "| run | replicas | items | k | (a) naive j/s [items measured] | (b) grm-plugin j/s | "
         "(c) ceiling j/s | b/a | b/c | answered / items | client CPU ms/j | CPU used (cores) | "
-        "1-core bound j/s | server decode batch | client RSS MiB | load 1m (start, end) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "1-core bound j/s | server decode batch | server decode busy | server CPU (cores) | "
+        "client RSS MiB | load 1m (start, end) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         a = naive_by_k.get(r["k"])
@@ -296,6 +315,14 @@ def report_md(report: dict[str, Any]) -> str:
                 if "mean_decode_batch_per_replica" in r.get("c", {})
                 else "-"
             )
+            + " | "
+            + (
+                f"{r['c']['decode_busy_share']:.2f}"
+                if "decode_busy_share" in r.get("c", {})
+                else "-"
+            )
+            + " | "
+            + (f"{b['server_cpu_cores']:.2f}" if "server_cpu_cores" in b else "-")
             + f" | {b['client_rss_mib']:.0f} | {b['load_avg_1m'][0]}, {b['load_avg_1m'][1]} |"
         )
     lines += ["", "Targets at >= 512 items (b/a >= 5, b/c >= 0.9):", ""]
@@ -366,7 +393,7 @@ def main() -> None:
     ks = [int(x) for x in args.ks.split(",")]
     t0 = time.time()
     report: dict[str, Any] = {
-        "command": "python " + " ".join(["benchmarks/at_scale.py", *sys.argv[1:]]),
+        "command": "python " + shlex.join(["benchmarks/at_scale.py", *sys.argv[1:]]),
         "machine": f"{platform.platform()}, {os.cpu_count()} CPUs (shared with other jobs), "
         f"Python {platform.python_version()}",
         "naive_items": args.naive_items,
@@ -400,7 +427,16 @@ def main() -> None:
                 report["naive"].append({"k": k, **a})
                 print(f"[naive] k={k}: {a['judgments_per_s']:.2f} j/s on {a['items']} items")
             report["rows"] += run_cells(
-                sim.urls, model, sizes, ks, args.max_tokens, sim.stats, 1, None, "main"
+                sim.urls,
+                model,
+                sizes,
+                ks,
+                args.max_tokens,
+                sim.stats,
+                1,
+                None,
+                "main",
+                cpu_of(sim),
             )
         for replicas in (2, 4) if args.replica_sizes else ():
             with SimServerProcess(sim_config(replicas, faults=False)) as sim:
@@ -414,12 +450,22 @@ def main() -> None:
                     replicas,
                     None,
                     "replicas",
+                    cpu_of(sim),
                 )
         for cell in [c for c in args.fault_cells.split(",") if c]:
             n, k = (int(x) for x in cell.split("x"))
             with SimServerProcess(sim_config(1, faults=True)) as sim:
                 report["rows"] += run_cells(
-                    sim.urls, model, [n], [k], args.max_tokens, sim.stats, 1, None, "faults 1%"
+                    sim.urls,
+                    model,
+                    [n],
+                    [k],
+                    args.max_tokens,
+                    sim.stats,
+                    1,
+                    None,
+                    "faults 1%",
+                    cpu_of(sim),
                 )
     report["seconds"] = time.time() - t0
     report["client_maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
