@@ -149,6 +149,9 @@ def test_per_request_fault_from_the_body() -> None:
         assert r.status_code == 500
         bad = httpx.post(server.url + "/chat/completions", json={"n": 2}, timeout=10)
         assert bad.status_code == 400 and "messages" in bad.text
+        body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}
+        bad = httpx.post(server.url + "/chat/completions", json=body, timeout=10)
+        assert bad.status_code == 400 and "many" in bad.text
 
 
 def test_scripted_texts_then_the_rule() -> None:

@@ -357,6 +357,7 @@ class SimServer:
             messages = req["messages"]
             n = int(req.get("n") or 1)
             max_tokens = req.get("max_completion_tokens") or req.get("max_tokens")
+            max_tokens = None if max_tokens is None else int(max_tokens)
             fault_name = req.get("sim_fault")
             if not isinstance(messages, list) or not messages or n < 1:
                 raise ValueError("messages must be a non-empty list and n >= 1")
