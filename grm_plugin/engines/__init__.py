@@ -56,11 +56,7 @@ def make_engine(spec: EngineSpec) -> JudgeEngine:
     if isinstance(spec, DefaultEngineConfig):
         from ..default_judge import default_judge_path
 
-        return _transformers_engine(
-            TransformersEngineConfig(
-                model=str(default_judge_path()), device=spec.device, batch_size=spec.batch_size
-            )
-        )
+        return _transformers_engine(spec.transformers_config(str(default_judge_path())))
     raise TypeError(f"cannot build an engine from {type(spec).__name__}")
 
 

@@ -25,13 +25,18 @@ class EngineError(RuntimeError):
 
 @dataclass
 class GenerationRequest:
-    """Generate ``n`` completions of ``messages``; temperature 0 means greedy."""
+    """Generate ``n`` completions of ``messages``; temperature 0 means greedy.
+
+    ``assistant_prefix``: the start of the assistant's answer, to be continued (the texts
+    returned are what follows it). Only engines with ``supports_assistant_prefix`` take it.
+    """
 
     messages: list[dict[str, str]]
     n: int = 1
     temperature: float = 0.0
     max_tokens: int = 768
     seed: int | None = None
+    assistant_prefix: str | None = None
     #: seconds for one request to a judge server, per try (``Deadline.request``; None: no limit)
     request_timeout: float | None = None
     #: when the item (or its batch) is abandoned; set once per item, so retries share one clock
@@ -42,12 +47,25 @@ class GenerationRequest:
         return cap(self.request_timeout, self.expiry)
 
 
+@dataclass
+class EngineHealth:
+    """Whether an engine can still answer; ``reason`` says why not."""
+
+    ok: bool
+    reason: str | None = None
+
+
 class JudgeEngine(ABC):
     """Base class for engines. Subclasses implement ``generate``. Engines are called from any
     event loop (the sync API runs its own), so they must not bind state to one loop."""
 
     #: maximum prompt + output tokens, or None when unknown (truncation then uses a default)
     context_window: int | None = None
+    #: True when ``generate`` continues ``GenerationRequest.assistant_prefix``
+    supports_assistant_prefix: bool = False
+    #: True when a sample that ended without a score line should be continued from its own
+    #: text plus the start of the score line (needs ``supports_assistant_prefix``)
+    score_prefill: bool = False
 
     @abstractmethod
     async def generate(self, request: GenerationRequest) -> list[str]:
@@ -56,6 +74,10 @@ class JudgeEngine(ABC):
     def count_tokens(self, text: str) -> int:
         """Token count used for truncation; engines with a tokenizer give the exact number."""
         return len(text) // 3 + 1
+
+    def health(self) -> EngineHealth:
+        """Whether the engine can still answer (a server's ``/health`` reports it)."""
+        return EngineHealth(ok=True)
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release connections or models."""

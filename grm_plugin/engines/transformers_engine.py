@@ -3,6 +3,10 @@
 GGUF files are dequantized by transformers, which is slow, so the result is saved once as
 safetensors in the user cache and reloaded from there (well under a second for 0.5B).
 
+One worker thread runs the model (``MicroBatcher``); the fast tokenizer is shared with the
+callers' threads (``count_tokens``) and is not thread-safe (``RuntimeError: Already borrowed``),
+so every use of it holds one lock.
+
 Example:
     >>> cfg = TransformersEngineConfig(model="/models/judge.gguf")
     >>> eng = TransformersEngine(cfg)  # doctest: +SKIP
@@ -14,14 +18,22 @@ import hashlib
 import logging
 import os
 import shutil
+import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, TextIO
 
 from ..config import TransformersEngineConfig
-from .base import EngineError, GenerationRequest, JudgeEngine
-from .batching import MicroBatcher
+from .base import EngineError, EngineHealth, GenerationRequest, JudgeEngine
+from .batching import Job, MicroBatcher
 
 log = logging.getLogger(__name__)
+
+#: a segment repeated back to back over at least this many tokens (and 3 times) is a loop
+LOOP_MIN_TOKENS = 32
+#: longest repeated segment looked for, in tokens (a sentence or two)
+LOOP_MAX_PERIOD = 64
 
 
 def cache_dir() -> Path:
@@ -102,10 +114,115 @@ def load_model_and_tokenizer(spec: str, device: str = "cpu", dtype: str = "auto"
     return model, tok
 
 
-class TransformersEngine(JudgeEngine):
-    """Batched generation with ``model.generate``; concurrent requests are coalesced."""
+def quantize_int8(model: Any) -> Any:
+    """Dynamic int8 quantization of the Linear layers (CPU, float32 weights): decoding on a CPU
+    is bound by reading the weights, and int8 weights are a quarter of float32."""
+    import warnings
 
-    def __init__(self, config: TransformersEngineConfig) -> None:
+    import torch
+
+    if next(model.parameters()).dtype != torch.float32:
+        raise ValueError("quantize='int8' needs float32 weights (dtype 'auto' or 'float32')")
+    with warnings.catch_warnings():
+        # torch.ao's eager quantization is deprecated for torchao, yet still the one that needs
+        # no extra package and works on any CPU with fbgemm
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def loop_start(tokens: Sequence[int]) -> int | None:
+    """Where a back-to-back repetition at the end of ``tokens`` begins its second copy, or None.
+
+    A segment of p <= 64 tokens repeated over the last max(3p, 32) tokens is a loop; keeping
+    ``tokens[:loop_start(tokens)]`` keeps one copy of it.
+
+    Example:
+        >>> loop_start([7, 8] + [1, 2, 3, 4] * 10)
+        6
+        >>> loop_start(list(range(100))) is None
+        True
+    """
+    n = len(tokens)
+    for p in range(1, LOOP_MAX_PERIOD + 1):
+        w = max(3 * p, LOOP_MIN_TOKENS)
+        if w > n:
+            break
+        tail = tokens[n - w :]
+        if tail[p:] == tail[:-p]:
+            start = n - w
+            while start > 0 and tokens[start - 1] == tokens[start - 1 + p]:
+                start -= 1  # the run began earlier: find its first copy
+            return start + p
+    return None
+
+
+class _RowStopper:
+    """A transformers StoppingCriteria (duck-typed): per row, stop when its caller gave up or
+    its expiry passed (nobody reads the rest), or, with ``loops``, when the row started
+    repeating itself (remembering where, to cut the repeats)."""
+
+    def __init__(self, jobs: list[Job], prompt_len: int, loops: bool) -> None:
+        self.jobs = jobs
+        self.prompt_len = prompt_len
+        self.loops = loops
+        self.cut: dict[int, int] = {}  # row -> generated tokens to keep
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        done = []
+        for row, job in enumerate(self.jobs):
+            if row in self.cut or job.cancelled or job.request.expiry.passed():
+                done.append(True)
+                continue
+            if self.loops:
+                start = loop_start(input_ids[row, self.prompt_len :].tolist())
+                if start is not None:
+                    self.cut[row] = start
+                    done.append(True)
+                    continue
+            done.append(False)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class _LockedStreamer:
+    """Writes the text of a one-row generation to ``out`` as it is generated (transformers'
+    TextStreamer, holding the tokenizer lock while it decodes)."""
+
+    def __init__(self, tokenizer: Any, lock: threading.RLock, out: TextIO) -> None:
+        from transformers import TextStreamer
+
+        outer = self
+
+        class _Streamer(TextStreamer):
+            def put(self, value: Any) -> None:
+                with lock:
+                    super().put(value)
+
+            def end(self) -> None:
+                with lock:
+                    super().end()
+
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                outer.out.write(text + ("\n" if stream_end else ""))
+                outer.out.flush()
+
+        self.out = out
+        self.streamer = _Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+class TransformersEngine(JudgeEngine):
+    """Batched generation with ``model.generate``; concurrent requests are coalesced.
+
+    Thread-safe: requests may come from any thread or event loop at once.
+    """
+
+    supports_assistant_prefix = True
+
+    def __init__(self, config: TransformersEngineConfig, stream_to: TextIO | None = None) -> None:
         import torch
 
         self.config = config
@@ -114,9 +231,17 @@ class TransformersEngine(JudgeEngine):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
         self.model, self.tokenizer = load_model_and_tokenizer(config.model, device, config.dtype)
+        if config.quantize == "int8":
+            if device != "cpu":
+                raise ValueError("quantize='int8' runs on the CPU only: set device='cpu'")
+            self.model = quantize_int8(self.model)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"
+        self.score_prefill = config.score_prefill
+        #: where ``config.stream`` writes the judge's text (default: stderr)
+        self.stream_to = stream_to
+        self._tok_lock = threading.RLock()
         self.context_window = config.context_window or getattr(
             self.model.config, "max_position_embeddings", None
         )
@@ -125,48 +250,101 @@ class TransformersEngine(JudgeEngine):
         )
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with self._tok_lock:
+            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _render(self, messages: list[dict[str, str]]) -> str:
+    def health(self) -> EngineHealth:
+        return self._batcher.health()
+
+    def _render(self, request: GenerationRequest) -> str:
         if not getattr(self.tokenizer, "chat_template", None):
             raise EngineError(f"{self.config.model} has no chat template: use an instruct model")
-        try:
-            return self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-        except Exception:  # noqa: BLE001 - some templates reject a system turn: fold it in
-            merged = [{"role": "user", "content": "\n\n".join(m["content"] for m in messages)}]
-            return self.tokenizer.apply_chat_template(
-                merged, tokenize=False, add_generation_prompt=True
-            )
+        messages: list[dict[str, str]] = list(request.messages)
+        prefix = request.assistant_prefix
+        if prefix is not None:
+            messages.append({"role": "assistant", "content": prefix})
+        opts: dict[str, Any] = (
+            {"continue_final_message": True}
+            if prefix is not None
+            else {"add_generation_prompt": True}
+        )
+        with self._tok_lock:
+            try:
+                return self.tokenizer.apply_chat_template(messages, tokenize=False, **opts)
+            except Exception:  # noqa: BLE001 - some templates reject a system turn: fold it in
+                head = [m for m in messages if m["role"] != "assistant"]
+                merged = [{"role": "user", "content": "\n\n".join(m["content"] for m in head)}]
+                if prefix is not None:
+                    merged.append({"role": "assistant", "content": prefix})
+                return self.tokenizer.apply_chat_template(merged, tokenize=False, **opts)
 
-    def _generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[str]]:
+    def _generation_kwargs(self, temperature: float) -> dict[str, Any]:
+        kwargs: dict[str, Any] = dict(pad_token_id=self.tokenizer.pad_token_id)
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if self.config.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = self.config.repetition_penalty
+        return kwargs
+
+    def _generate_batch(self, jobs: Sequence[Job]) -> list[list[str]]:
         import torch
+        from transformers import StoppingCriteriaList
 
-        texts = [self._render(r.messages) for r in requests for _ in range(r.n)]
-        temperature = requests[0].temperature
-        max_new = max(r.max_tokens for r in requests)
+        rows = [(job, self._render(job.request)) for job in jobs for _ in range(job.request.n)]
+        max_new = max(job.request.max_tokens for job in jobs)
+        if self.config.max_new_tokens is not None:
+            max_new = min(max_new, self.config.max_new_tokens)
+        kwargs = self._generation_kwargs(jobs[0].request.temperature)
         out_texts: list[str] = []
         bs = self.config.batch_size
-        for start in range(0, len(texts), bs):
-            chunk = texts[start : start + bs]
-            enc = self.tokenizer(
-                chunk, return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(self.device)
-            kwargs = dict(max_new_tokens=max_new, pad_token_id=self.tokenizer.pad_token_id)
-            if temperature > 0:
-                kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
-            else:
-                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        for start in range(0, len(rows), bs):
+            chunk = rows[start : start + bs]
+            chunk_jobs = [job for job, _ in chunk]
+            if all(job.cancelled for job in chunk_jobs):
+                out_texts += [""] * len(chunk)  # nobody reads these
+                continue
+            with self._tok_lock:
+                enc = self.tokenizer(
+                    [text for _, text in chunk],
+                    return_tensors="pt",
+                    padding=True,
+                    add_special_tokens=False,
+                ).to(self.device)
+            prompt_len = enc["input_ids"].shape[1]
+            stopper = _RowStopper(chunk_jobs, prompt_len, loops=self.config.stop_loops)
+            extra: dict[str, Any] = {}
+            if self.config.stream and len(chunk) == 1:
+                extra["streamer"] = self._streamer(chunk_jobs[0].request)
             with torch.inference_mode():
-                out = self.model.generate(**enc, **kwargs)
-            new = out[:, enc["input_ids"].shape[1] :]
-            out_texts += self.tokenizer.batch_decode(new, skip_special_tokens=True)
+                out = self.model.generate(
+                    **enc,
+                    max_new_tokens=max_new,
+                    stopping_criteria=StoppingCriteriaList([stopper]),
+                    **kwargs,
+                    **extra,
+                )
+            new = [out[row, prompt_len:].tolist() for row in range(len(chunk))]
+            for row, keep in stopper.cut.items():
+                new[row] = new[row][:keep]
+            with self._tok_lock:
+                out_texts += self.tokenizer.batch_decode(new, skip_special_tokens=True)
         result, i = [], 0
-        for r in requests:
-            result.append(out_texts[i : i + r.n])
-            i += r.n
+        for job in jobs:
+            result.append(out_texts[i : i + job.request.n])
+            i += job.request.n
         return result
+
+    def _streamer(self, request: GenerationRequest) -> Any:
+        out = self.stream_to or sys.stderr
+        if request.assistant_prefix is not None:
+            # the judge's text so far was shown already: show only the line it completes
+            out.write("\n--- judge completing: " + request.assistant_prefix.rsplit("\n", 1)[-1])
+        else:
+            out.write("--- judge writing:\n")
+        out.flush()
+        return _LockedStreamer(self.tokenizer, self._tok_lock, out).streamer
 
     async def generate(self, request: GenerationRequest) -> list[str]:
         return await self._batcher.submit(request)
