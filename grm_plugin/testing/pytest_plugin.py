@@ -31,6 +31,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -145,6 +146,8 @@ def grm_reward_server(grm_judge_config_file: Path, tmp_path: Path) -> Iterator[s
     child process on 127.0.0.1; yields the URL for OpenRLHF's ``--reward.remote_url``."""
     import httpx
 
+    from .sim_server import die_with_parent
+
     port = _free_port()
     cmd = [
         sys.executable,
@@ -154,7 +157,17 @@ def grm_reward_server(grm_judge_config_file: Path, tmp_path: Path) -> Iterator[s
     cmd += ["serve", "--config", str(grm_judge_config_file), "--port", str(port)]
     log = tmp_path / "grm_reward_server.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ},
+            preexec_fn=die_with_parent,
+        )
+    # bounded in time whatever the test does: killed after TEST_LIFETIME
+    watchdog = threading.Timer(TEST_LIFETIME, proc.kill)
+    watchdog.daemon = True
+    watchdog.start()
     root = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVE_START_TIMEOUT
@@ -169,6 +182,7 @@ def grm_reward_server(grm_judge_config_file: Path, tmp_path: Path) -> Iterator[s
             time.sleep(0.1)
         yield root + "/get_reward"
     finally:
+        watchdog.cancel()
         proc.terminate()
         try:
             proc.wait(10)

@@ -466,6 +466,16 @@ class SimServer:
         return scripted + [text] * (n - len(scripted))
 
 
+def die_with_parent() -> None:
+    """In a child process (``preexec_fn``): SIGTERM when the parent dies, even by SIGKILL, so a
+    crashed test run leaves no server behind (Linux; elsewhere the lifetime limits remain)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class SimServerProcess:
     """The simulated server in a child process (``python -m grm_plugin.testing``),
     so that its CPU is not the client's. Stopped (SIGTERM, then kill) on exit.
@@ -486,7 +496,9 @@ class SimServerProcess:
     def __enter__(self) -> SimServerProcess:
         cmd = [sys.executable, "-m", "grm_plugin.testing"]
         cmd += ["--config", self.config.model_dump_json()]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
