@@ -134,7 +134,8 @@ def _run(
     # one item deadline covers every parse-retry round and engine retry
     bound = rm.deadline.item + SLACK_S
     t = time.monotonic()
-    results = rm.score_batch(["What is 2 + 2?"] * items, [["4"]] * items)
+    # distinct prompts: identical items would share one judgment (grm_plugin.cache)
+    results = rm.score_batch([f"What is 2 + {i}?" for i in range(items)], [["4"]] * items)
     elapsed = time.monotonic() - t
     assert len(results) == items
     assert elapsed < bound, f"{case}: answered after {elapsed:.1f}s, bound {bound:.1f}s"

@@ -91,6 +91,7 @@ def test_server_down_gives_flagged_none():
 def test_replicas_share_load():
     with FakeOpenAIServer(lambda b, i: 0.2) as a, FakeOpenAIServer(lambda b, i: 0.2) as b:
         rm = GenerativeRewardFn(OpenAIEngineConfig(base_url=[a.url, b.url], model="m"))
-        out = rm.score_batch(["Q"] * 8, [["x"]] * 8)
+        # distinct prompts: identical items would share one judgment (grm_plugin.cache)
+        out = rm.score_batch([f"Q{i}" for i in range(8)], [["x"]] * 8)
         assert all(r.scores == [5.0] for r in out)
         assert len(a.bodies) >= 2 and len(b.bodies) >= 2
