@@ -27,7 +27,7 @@ Example:
     ...     calls.append(list(responses))
     ...     return JudgmentResult(scores=[float(len(r)) for r in responses],
     ...                           flags=[[] for _ in responses], num_valid=1)
-    >>> cache = JudgmentCache(CacheConfig(), fingerprint="judge-1")
+    >>> cache = JudgmentCache(CacheConfig(max_items=100), fingerprint="judge-1")
     >>> asyncio.run(cache.judge(judge, "Q?", ["ab", "abc", "ab"], None)).scores
     [2.0, 3.0, 2.0]
     >>> asyncio.run(cache.judge(judge, "Q?", ["abc", "ab"], None)).flags
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CACHED_FLAG",
     "DUPLICATE_FLAG",
+    "TRAINING_CACHE",
     "CacheConfig",
     "JudgmentCache",
     "cache_key",
@@ -73,18 +74,35 @@ JudgeFn = Callable[[Any, list[str], "str | None"], Awaitable[JudgmentResult]]
 
 
 class CacheConfig(BaseModel):
-    """Dedup and judgment cache settings (``JudgeConfig.cache``)."""
+    """Dedup and judgment cache settings (``JudgeConfig.cache``).
+
+    The memory cache is off by default in the core (a repeated call judges again, as scripts,
+    evaluations and load tests expect) and on (``TRAINING_CACHE``) in the trl and verl adapters
+    unless the judge config sets ``cache`` itself: in RL training the same prompt and response
+    set recur (later epochs, converged short answers) and a fresh judgment only adds noise.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     dedup: bool = Field(True, description="judge identical responses of an item once")
     max_items: int = Field(
-        4096, ge=0, description="judgments kept in memory (LRU); 0 turns the cache off"
+        0, ge=0, description="judgments kept in memory (LRU); 0 turns the cache off"
     )
     path: str | None = Field(
         None, description="SQLite file that keeps judgments across restarts (resumed runs)"
     )
     log_every: int = Field(1000, ge=1, description="lookups between INFO lines with the counts")
+
+
+#: what the training adapters use when the judge config does not set ``cache``
+TRAINING_CACHE = CacheConfig(max_items=4096)
+
+
+def with_training_cache(config: Any) -> Any:
+    """``config`` (a JudgeConfig) with ``TRAINING_CACHE`` unless it sets ``cache`` itself."""
+    if "cache" in config.model_fields_set:
+        return config
+    return config.model_copy(update={"cache": TRAINING_CACHE})
 
 
 def cache_key(

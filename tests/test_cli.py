@@ -17,7 +17,7 @@ def test_score_prints_principles_critique_and_scores(capsys):
                 "--response",
                 "4",
                 "--response",
-                "4",
+                "5",
                 "--server",
                 srv.url,
                 "--server-model",
