@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..cache import TRAINING_CACHE, with_training_cache
 from ..config import JudgeConfig, judge_config_from_env
 from ..engines import EngineSpec, JudgeEngine, make_engine
 from ..policy import RewardPolicy, RewardValue, summarize
@@ -228,9 +229,11 @@ class GRMReward:
                 engine = self.engine
                 if engine is not None and not isinstance(engine, JudgeEngine):
                     engine = make_engine(engine)
-                self._rm = GenerativeRewardFn.from_config(self.config, engine=engine)
+                config = with_training_cache(self.config)
+                self._rm = GenerativeRewardFn.from_config(config, engine=engine)
             else:
                 self._rm = GenerativeRewardFn(self.engine, **self.judge_kwargs)
+                self._rm.cache_config = TRAINING_CACHE
         return self._rm
 
     def __getstate__(self) -> dict[str, Any]:

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from grm_plugin.cache import with_training_cache
 from grm_plugin.config import JudgeConfig, OpenAIEngineConfig, judge_config_from_env
 from grm_plugin.grouping import GroupBatcher, RewardItem
 from grm_plugin.policy import REWARD_KEYS, RewardPolicy, RewardValue, summarize
@@ -223,6 +224,7 @@ def _build(
             "verl reward worker (set reward_kwargs.grm_config, or export the variable to "
             "the Ray workers, e.g. ray_kwargs.ray_init.runtime_env.env_vars)"
         )
+    config = with_training_cache(config)
     if router_address is None:
         return GenerativeRewardFn.from_config(config)
     # keep the config's sampling, swap its engine for verl's router

