@@ -166,9 +166,14 @@ def test_concurrent_single_sample_requests_share_engine_batches(tmp_path, batch_
             self.batches.append(len(requests))
             return super()._generate_batch(requests)
 
-    # a generous wait: the 8 requests reach the batcher well within it, so batches fill up
+    # a generous wait: the 8 requests reach the batcher well within it, so batches fill up;
+    # no score-line prefill round, whose continuations (a random model never parses) would be a
+    # second round of batches and this test counts the judgments' own
     cfg = TransformersEngineConfig(
-        model=str(build_tiny_model(tmp_path)), batch_size=batch_size, batch_wait=1.0
+        model=str(build_tiny_model(tmp_path)),
+        batch_size=batch_size,
+        batch_wait=1.0,
+        score_prefill=False,
     )
     engine = SpyEngine(cfg)
     engine.batches = []
