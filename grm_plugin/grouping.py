@@ -29,8 +29,8 @@ Example:
     ...     return await asyncio.gather(*(batcher.judge(it, timeout=10) for it in items))
     >>> [j.score for j in asyncio.run(three_samples())]
     [3.0, 4.0, 3.0]
-    >>> [shown_responses(r) for r in engine.requests]  # one judgment, "hi" shown once
-    [['hi', 'hey']]
+    >>> [sorted(shown_responses(r)) for r in engine.requests]  # one judgment, "hi" shown once
+    [['hey', 'hi']]
 """
 
 from __future__ import annotations

@@ -18,12 +18,15 @@ MSGS = [{"role": "user", "content": "hello"}]
 
 @pytest.fixture(scope="module")
 def endless_engine(tmp_path_factory):
-    """The tiny model with no end-of-text token: a generation runs to max_tokens (slow)."""
+    """The tiny model with no end-of-text token and at least 10 ms per forward pass: a
+    generation runs to max_tokens, so 600 tokens take 6 s or more on any machine (CI's faster
+    CPU finished the bare tiny model's 600 tokens inside a 0.5 s deadline)."""
     folder = build_tiny_model(tmp_path_factory.mktemp("tiny"))
     engine = TransformersEngine(
         TransformersEngineConfig(model=str(folder), batch_size=4, stop_loops=False)
     )
     engine.model.generation_config.eos_token_id = None
+    engine.model.register_forward_pre_hook(lambda module, args: time.sleep(0.01))
     yield engine
     asyncio.run(engine.aclose())
 
