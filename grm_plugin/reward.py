@@ -728,6 +728,14 @@ class GenerativeRewardFn:
                     self._parse_sample(text, order, attempt, originals, shown_texts)
                     for text in out[:count]
                 ]
+                if expiry.passed():
+                    # a local engine stops writing at the expiry and returns what it has, which
+                    # can beat the timeout guard above by a hair: a text cut short by the
+                    # deadline is a timeout, not the judge's failure to write a score line
+                    for s in by_order[order]:
+                        if s.failure_kind is FailureKind.PARSE:
+                            s.failure = "timeout: the deadline passed while the judge was writing"
+                            s.failure_kind = FailureKind.TIMEOUT
                 # a custom engine that returns too few texts costs those samples, not the item
                 short = f"engine: returned {len(out)} texts for n={count}"
                 by_order[order] += [

@@ -295,3 +295,30 @@ def test_item_deadline_bounds_parse_retries():
     assert [s.failure.split(":")[0] for s in res.samples] == ["parse", "engine"]
     assert "item deadline" in res.samples[1].failure
     assert eng.calls == 2
+
+
+def test_a_text_cut_short_by_the_deadline_is_a_timeout_not_a_parse_failure():
+    """A local engine stops writing at the expiry and hands back what it has; that can arrive
+    before the timeout guard fires. Such a text is the deadline's doing, so its kind is timeout
+    (policy and logs treat it as one), and no score-line prefill is spent on it."""
+    import time
+
+    class CutAtDeadline(JudgeEngine):
+        supports_assistant_prefix = True
+        score_prefill = True
+        prefills = 0
+
+        async def generate(self, request):
+            if request.assistant_prefix is not None:
+                CutAtDeadline.prefills += 1
+            time.sleep(0.3)  # blocks the loop: the result is there before the guard can fire
+            return ["Specific Criteria: the respon"] * request.n
+
+    rm = GenerativeRewardFn(CutAtDeadline(), parse_retries=0, deadline={"item": 0.1})
+    res = rm.score("Q", ["a", "b"])
+    assert res.failed and res.failure_kind is FailureKind.TIMEOUT
+    assert res.samples[0].text == "Specific Criteria: the respon"
+    assert CutAtDeadline.prefills == 0
+    # without a deadline the same text is the judge's parse failure
+    res = GenerativeRewardFn(CutAtDeadline(), parse_retries=0).score("Q", ["a", "b"])
+    assert res.failure_kind is FailureKind.PARSE
