@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -92,7 +93,8 @@ def main() -> None:
         f"# Groupwise vs pointwise agreement with the labels ({len(items)} pairs, k = 1)",
         "",
         f"Data: `{args.data}` (first {len(items)} two-response items); judge: "
-        f"`{args.config or 'embedded default'}`. Command: see `benchmarks/group_vs_point.py`.",
+        f"`{args.config or 'embedded default'}`. Greedy (one sample per prompt). Command: "
+        f"`python {' '.join(sys.argv)}`",
         "",
         "| method | accuracy | 95% CI | ties | unparsed | judge calls | seconds |",
         "|---|---|---|---|---|---|---|",
