@@ -58,6 +58,12 @@ class SamplingConfig(_Strict):
         None, ge=1, description="samples kept by the meta RM (default k // 2, at least 1)"
     )
     seed: int | None = Field(None, description="seed for the response shuffles")
+    expected_scores: bool = Field(
+        False,
+        description="vote with each score's expected value under the judge's own distribution "
+        "over 1..10 at that position (fewer ties; needs an engine with score distributions: "
+        "transformers)",
+    )
 
     @model_validator(mode="before")
     @classmethod

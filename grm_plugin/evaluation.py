@@ -47,6 +47,8 @@ from .reward import GenerativeRewardFn
 from .voting import argmax_random_tie, select_by_meta, vote
 
 METHODS = ("voting", "meta_rm_voting")
+#: voting with each sample's expected scores (``Sample.vote_scores``) on the same samples
+EXPECTED = "expected_voting"
 #: one greedy judgment per item, from a separate draw (the paper's "greedy" row)
 GREEDY = "greedy"
 #: voting over the samples adaptive k would have used from the same draw
@@ -228,7 +230,8 @@ def _pick(
         valid = [valid[i] for i in chosen]
     if not valid:
         return rng.randrange(n), False, True
-    _, sums = vote([s.scores for s in valid], n)  # type: ignore[misc]
+    lists = [s.vote_scores() if method == EXPECTED else s.scores for s in valid]
+    _, sums = vote(lists, n)  # type: ignore[arg-type]
     tied = sums.count(max(sums)) > 1
     return argmax_random_tie(sums, rng), tied, False
 
@@ -295,7 +298,9 @@ def evaluate(
     item, reported as the method ``greedy`` at k = 1. ``overall``: the benchmark's rule for its
     headline number (``headline``), besides the plain accuracy over items (``methods``).
     ``adaptive``: also the method ``adaptive`` (voting over the samples adaptive k would have
-    used from the same draw; see ``grm_plugin.adaptive``), with its samples used per item."""
+    used from the same draw; see ``grm_plugin.adaptive``), with its samples used per item.
+    Expected-score voting (``expected_voting``) is reported on the same samples when every valid
+    sample carries expected scores (a draw with ``sampling.expected_scores``)."""
     ks = sorted(set(ks))
     if not ks or ks[0] < 1:
         raise ValueError("ks must be positive integers")
@@ -311,6 +316,9 @@ def evaluate(
             if s.scores is not None
         )
         methods = list(METHODS) if has_meta and draws else ["voting"]
+        valid = [s for d in draws for s in d.result.samples if s.scores is not None]
+        if valid and all(s.expected_scores is not None for s in valid):
+            methods.append(EXPECTED)
     runs: list[tuple[str, int, Sequence[ItemDraw], list[list[Sample]]]] = []
     levels = []
     for k in ks:
@@ -419,6 +427,7 @@ _LABELS: dict[str, str] = {
     "meta_rm_voting": "meta RM voting",
     GREEDY: "greedy",
     ADAPTIVE: "adaptive k",
+    EXPECTED: "expected-score voting",
 }
 
 
@@ -494,7 +503,7 @@ def plot_accuracy(report: EvalReport, path: str | Path, title: str | None = None
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    markers = {"voting": "o", "meta_rm_voting": "s"}
+    markers = {"voting": "o", "meta_rm_voting": "s", EXPECTED: "D"}
     for i, (method, points) in enumerate(report.methods.items()):
         ks = [p.k for p in points]
         acc = [100 * p.accuracy for p in points]

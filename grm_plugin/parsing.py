@@ -91,6 +91,9 @@ class ParsedJudgment:
     principles: str
     critique: str
     error: str | None = None
+    #: where each score starts in the text (character index of its first character, shown
+    #: order); what expected scores read the judge's distribution at
+    score_starts: list[int] | None = None
 
 
 @dataclass
@@ -240,4 +243,27 @@ def parse_judgment(text: str, n: int, quoted: Sequence[str] = ()) -> ParsedJudgm
             None, principles, critique, "the final score line was copied from a response"
         )
     scores, err = _to_scores(verdict.inner, n)
-    return ParsedJudgment(scores, principles, critique, err)
+    starts = _score_starts(text, lines, verdict) if scores is not None else None
+    return ParsedJudgment(scores, principles, critique, err, starts)
+
+
+def _score_starts(text: str, lines: list[str], verdict: _Verdict) -> list[int] | None:
+    """Character index in ``text`` of each number of the verdict line."""
+    offset = 0
+    for line in text.splitlines(keepends=True)[: verdict.line]:
+        offset += len(line)
+    line = lines[verdict.line]
+    at = line.rfind(verdict.inner)  # the verdict's list ends its line: the last occurrence
+    if at < 0:
+        return None
+    base = offset + at
+    return [
+        base + m.start()
+        for m in re.finditer(r"\d", verdict.inner)
+        if _is_number_start(verdict.inner, m.start())
+    ]
+
+
+def _is_number_start(inner: str, i: int) -> bool:
+    # the first digit of a number: not after another digit or a decimal point
+    return i == 0 or not (inner[i - 1].isdigit() or inner[i - 1] == ".")

@@ -33,6 +33,14 @@ class Sample(BaseModel):
     order: list[int] = Field(
         default_factory=list, description="order[j] = original index of the response shown j-th"
     )
+    score_starts: list[int] | None = Field(
+        None, description="character index of each score in text (shown order)"
+    )
+    expected_scores: list[float | None] | None = Field(
+        None,
+        description="per response (original order): the expected score under the judge's "
+        "distribution at its score position; None where not measured (the parsed score votes)",
+    )
     meta_score: float | None = None
     voted: bool = False
     attempt: int = Field(0, description="0 for the first round, >0 for parse retries")
@@ -44,6 +52,21 @@ class Sample(BaseModel):
         description="the chat messages the judge got for this sample (in memory only, never "
         "saved: SPCT's rejective fine-tuning trains on them)",
     )
+
+    def vote_scores(self) -> list[float] | None:
+        """The scores this sample votes with: expected scores where measured, else parsed.
+
+        >>> Sample(scores=[7.0, 7.0], expected_scores=[6.6, None]).vote_scores()
+        [6.6, 7.0]
+        """
+        if self.scores is None:
+            return None
+        if self.expected_scores is None:
+            return list(self.scores)
+        return [
+            e if e is not None else s
+            for s, e in zip(self.scores, self.expected_scores, strict=True)
+        ]
 
     @model_validator(mode="after")
     def _kind_of_saved_failure(self) -> Sample:

@@ -35,6 +35,7 @@ from .meta_rm import MetaRewardModel, rate_samples
 from .parsing import parse_judgment
 from .prompt import Conversation, build_judge_messages, fit_responses
 from .results import FailureKind, JudgmentResult, Sample
+from .score_distribution import expected_in_original_order
 from .templates import checked_template
 from .voting import select_by_meta, vote
 
@@ -218,6 +219,7 @@ class GenerativeRewardFn:
         parse_retries: int = 2,
         keep: int | None = None,
         seed: int | None = None,
+        expected_scores: bool = False,
         deadline: Deadline | Mapping[str, float | None] | None = None,
         meta_rm: MetaRewardModel | None = None,
         principles: str | None = None,
@@ -232,12 +234,14 @@ class GenerativeRewardFn:
             parse_retries=parse_retries,
             keep=keep,
             seed=seed,
+            expected_scores=expected_scores,
         )
         self._setup(sampling, meta_rm, principles, empty_response_score, deadline)
         self.template = checked_template(template)
         # a spec (URL, path, config, None) is kept so that the object pickles as its config
         self._engine_spec = None if isinstance(engine, JudgeEngine) else (engine,)
         self.engine: JudgeEngine = make_engine(engine)
+        self._check_engine()
 
     @classmethod
     def from_config(
@@ -267,7 +271,15 @@ class GenerativeRewardFn:
         self.cache_config = config.cache
         self._engine_spec = (config.engine,) if engine is None else None
         self.engine = engine if engine is not None else make_engine(config.engine)
+        self._check_engine()
         return self
+
+    def _check_engine(self) -> None:
+        if self.sampling.expected_scores and not self.engine.supports_score_distributions:
+            raise ValueError(
+                f"expected_scores needs an engine that gives score distributions; "
+                f"{type(self.engine).__name__} does not (the transformers engine does)"
+            )
 
     def _setup(
         self,
@@ -585,6 +597,8 @@ class GenerativeRewardFn:
         hint = judged.index(hint_best) if hint_best in judged else None
         samples = await self._sample(prompt, shown_texts, reference, responses, hint, expiry)
         valid = [s for s in samples if s.scores is not None]
+        if self.sampling.expected_scores:
+            await self._add_expected_scores(valid, expiry)
         if not valid:
             reasons = sorted({s.failure or "" for s in samples})
             return JudgmentResult(
@@ -602,7 +616,7 @@ class GenerativeRewardFn:
             voters = await self._meta_filter(prompt, shown_texts, valid)
         for s in voters:
             s.voted = True
-        mean, sums = vote([s.scores for s in voters], len(judged))  # type: ignore[misc]
+        mean, sums = vote([s.vote_scores() for s in voters], len(judged))  # type: ignore[misc]
         scores: list[float | None] = [empty_score] * n_all
         score_sums: list[float | None] = [None] * n_all
         for j, i in enumerate(judged):
@@ -806,6 +820,25 @@ class GenerativeRewardFn:
                 fixed[i] = new
         return fixed
 
+    async def _add_expected_scores(self, valid: list[Sample], expiry: Expiry) -> None:
+        """Set ``expected_scores`` on each valid sample; a sample whose distributions could not
+        be read (deadline, engine error) keeps voting with its parsed scores."""
+
+        async def one(s: Sample) -> None:
+            if s.messages is None or s.text is None or s.score_starts is None:
+                return
+            dists = await _with_timeout(
+                self.engine.score_distributions(s.messages, s.text, s.score_starts), expiry
+            )
+            s.expected_scores = expected_in_original_order(dists, s.order)
+
+        outs = await asyncio.gather(*(one(s) for s in valid), return_exceptions=True)
+        for out in outs:
+            if isinstance(out, BaseException) and not isinstance(out, Exception):
+                raise out
+            if isinstance(out, Exception):
+                log.warning("expected scores not measured (parsed scores vote): %r", out)
+
     def _order_messages(
         self,
         prompt: Conversation,
@@ -849,6 +882,7 @@ class GenerativeRewardFn:
             for shown_pos, original_idx in enumerate(order):
                 back[original_idx] = parsed.scores[shown_pos]
             sample.scores = back
+            sample.score_starts = parsed.score_starts
         return sample
 
     async def _meta_filter(

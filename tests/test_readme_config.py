@@ -13,6 +13,11 @@ from grm_plugin.testing import RuleJudgeEngine
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+class _DistributionRuleJudge(RuleJudgeEngine):
+    # stands in for the transformers engine that a config with expected_scores needs
+    supports_score_distributions = True
+
+
 def _judge_yaml_blocks() -> list[str]:
     blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S)
     return [b for b in blocks if b.startswith("# judge.yaml")]
@@ -25,5 +30,6 @@ def test_readme_judge_yaml_loads(tmp_path):
         cfg = JudgeConfig.model_validate(yaml.safe_load(block))
         path = tmp_path / "judge.yaml"
         path.write_text(block)
-        rm = GenerativeRewardFn.from_config(path, engine=RuleJudgeEngine())
+        engine = _DistributionRuleJudge() if cfg.sampling.expected_scores else RuleJudgeEngine()
+        rm = GenerativeRewardFn.from_config(path, engine=engine)
         assert rm.deadline == cfg.deadline

@@ -60,3 +60,27 @@ def test_openai_engine_against_transformers_serve(transformers_server):
     if res.failed:
         assert res.scores == [None, None]
         assert all(s.failure_kind is FailureKind.PARSE for s in res.samples)
+
+
+def test_default_judge_expected_scores_come_from_its_own_distribution():
+    from grm_plugin.score_distribution import expected_in_original_order
+
+    rm = GenerativeRewardFn(None, samples=1, max_new_tokens=256, expected_scores=True, seed=0)
+    res = rm.score(
+        "What is 12 times 12? Answer with the number.",
+        ["144", "12 times 12 is 124."],
+    )
+    greedy = [s for s in res.samples if s.scores is not None and s.attempt == 0]
+    if not greedy:
+        pytest.skip(f"the greedy judgment did not parse: {res.error}")
+    s = greedy[0]
+    dists = run_sync(rm.engine.score_distributions(s.messages, s.text, s.score_starts))
+    assert all(d is not None and 0.5 <= d.mass <= 1.0 + 1e-6 for d in dists)
+    assert s.expected_scores == pytest.approx(expected_in_original_order(dists, s.order))
+    for shown, original in enumerate(s.order):
+        d, written = dists[shown], int(s.scores[original])
+        if written in (1, 10):
+            continue  # greedy picked the token "1"; which of 1 / 10 followed is a second step
+        # greedy decoding wrote the most likely value, so the distribution's mode is that value
+        assert max(d.probs, key=d.probs.get) == written, (written, d.probs)
+    assert res.scores == pytest.approx(s.expected_scores)

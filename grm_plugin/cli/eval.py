@@ -62,6 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--agreement", type=int, help="adaptive k: also stop after N agreeing valid samples"
     )
+    p.add_argument(
+        "--expected-scores",
+        action="store_true",
+        help="also report voting with expected scores (the judge's distribution over 1..10 at "
+        "each score; transformers engines) on the same draw",
+    )
     p.add_argument("--meta-rm", help="folder of a meta RM (any sequence classifier)")
     p.add_argument("--meta-device", default="auto")
     p.add_argument(
@@ -134,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
             "samples": max(ks),
             "parse_retries": args.parse_retries,
             "seed": cfg.sampling.seed if cfg.sampling.seed is not None else 0,
+            "expected_scores": cfg.sampling.expected_scores or args.expected_scores,
         }
     )
     bench = load_benchmark(
@@ -156,6 +163,15 @@ def run(args: argparse.Namespace) -> int:
     if args.reuse_samples:
         wanted = {it.id for it in items}
         draws = [d for d in ev.read_draws(args.reuse_samples) if d.item.id in wanted]
+        if args.expected_scores and not any(
+            s.expected_scores is not None for d in draws for s in d.result.samples
+        ):
+            print(
+                "error: --expected-scores needs a draw made with it (the reused samples carry "
+                "no expected scores: they are measured while judging)",
+                file=sys.stderr,
+            )
+            return 2
         greedy_file = Path(args.reuse_samples).with_name("greedy_samples.jsonl")
         if args.greedy and greedy_file.is_file():
             greedy = ev.read_draws(greedy_file)

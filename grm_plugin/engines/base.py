@@ -14,9 +14,11 @@ Example:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..deadline import NEVER, Expiry, cap
+from ..score_distribution import ScoreDistribution
 
 
 class EngineError(RuntimeError):
@@ -66,10 +68,20 @@ class JudgeEngine(ABC):
     #: True when a sample that ended without a score line should be continued from its own
     #: text plus the start of the score line (needs ``supports_assistant_prefix``)
     score_prefill: bool = False
+    #: True when ``score_distributions`` reads the judge's distribution over score values
+    supports_score_distributions: bool = False
 
     @abstractmethod
     async def generate(self, request: GenerationRequest) -> list[str]:
         """Return exactly ``request.n`` texts (the generated part only), or raise EngineError."""
+
+    async def score_distributions(
+        self, messages: list[dict[str, str]], text: str, starts: Sequence[int]
+    ) -> list[ScoreDistribution | None]:
+        """The judge's distribution over score values at each character index ``starts`` of its
+        judgment ``text`` written for ``messages`` (None where it cannot be measured).
+        Engines with ``supports_score_distributions`` implement it."""
+        raise NotImplementedError(f"{type(self).__name__} gives no score distributions")
 
     def count_tokens(self, text: str) -> int:
         """Token count used for truncation; engines with a tokenizer give the exact number."""

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..config import TransformersEngineConfig
+from ..score_distribution import SCORE_VALUES, ScoreDistribution
 from .base import EngineError, EngineHealth, GenerationRequest, JudgeEngine
 from .batching import Job, MicroBatcher
 
@@ -221,6 +222,7 @@ class TransformersEngine(JudgeEngine):
     """
 
     supports_assistant_prefix = True
+    supports_score_distributions = True
 
     def __init__(self, config: TransformersEngineConfig, stream_to: TextIO | None = None) -> None:
         import torch
@@ -242,6 +244,8 @@ class TransformersEngine(JudgeEngine):
         #: where ``config.stream`` writes the judge's text (default: stderr)
         self.stream_to = stream_to
         self._tok_lock = threading.RLock()
+        # scoring forwards run beside the generation worker; one at a time keeps memory flat
+        self._forward_lock = threading.Lock()
         self.context_window = config.context_window or getattr(
             self.model.config, "max_position_embeddings", None
         )
@@ -348,6 +352,64 @@ class TransformersEngine(JudgeEngine):
 
     async def generate(self, request: GenerationRequest) -> list[str]:
         return await self._batcher.submit(request)
+
+    async def score_distributions(
+        self, messages: list[dict[str, str]], text: str, starts: Sequence[int]
+    ) -> list[ScoreDistribution | None]:
+        import asyncio
+
+        return await asyncio.to_thread(self._score_distributions, messages, text, list(starts))
+
+    def _score_distributions(
+        self, messages: list[dict[str, str]], text: str, starts: list[int]
+    ) -> list[ScoreDistribution | None]:
+        prompt = self._render(GenerationRequest(messages))
+        return [self._distribution_at(prompt + text[:start]) for start in starts]
+
+    def _distribution_at(self, prefix: str) -> ScoreDistribution | None:
+        """Teacher-forced probabilities of each score value written right after ``prefix``."""
+        values = [str(v) for v in SCORE_VALUES]
+        with self._tok_lock:
+            ids = {
+                v: self.tokenizer(prefix + v, add_special_tokens=False)["input_ids"] for v in values
+            }
+        # the tokens all candidates share are the context; tokenizing each candidate with the
+        # prefix (not alone) respects merges across the boundary (" 7" as one token)
+        common = min(len(x) for x in ids.values())
+        first = next(iter(ids.values()))
+        for x in ids.values():
+            common = next((i for i in range(common) if x[i] != first[i]), common)
+        if common == 0:
+            return None
+        context = first[:common]
+        conts = {v: tuple(x[common:]) for v, x in ids.items()}
+        if any(not c for c in conts.values()):
+            return None
+        # one forward per maximal continuation covers every shorter one that it extends
+        rows = sorted({c[:-1] for c in conts.values()}, key=len, reverse=True)
+        maximal: list[tuple[int, ...]] = []
+        for r in rows:
+            if not any(m[: len(r)] == r for m in maximal):
+                maximal.append(r)
+        logprobs: dict[str, float] = {}
+        for row in maximal:
+            table = self._position_logprobs(context + list(row), common - 1)
+            for v, c in conts.items():
+                if row[: len(c) - 1] == c[:-1] and v not in logprobs:
+                    logprobs[v] = float(sum(table[j][c[j]] for j in range(len(c))))
+        return ScoreDistribution.from_candidates(logprobs, conts)
+
+    def _position_logprobs(self, ids: list[int], first: int) -> Any:
+        """Log-probabilities of the next token at positions ``first`` .. end of ``ids``."""
+        import torch
+
+        with self._forward_lock, torch.inference_mode():
+            x = torch.tensor([ids], device=self.device)
+            # the decoder's last hidden state and the head on the few positions needed: the
+            # full logits of a 2,000-token judgment would be 2,000 x vocabulary floats
+            hidden = self.model.get_decoder()(input_ids=x).last_hidden_state[0, first:]
+            logits = self.model.get_output_embeddings()(hidden).float()
+            return torch.log_softmax(logits, dim=-1)
 
     async def aclose(self) -> None:
         self._batcher.close()
