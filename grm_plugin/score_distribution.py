@@ -21,7 +21,7 @@ Example:
     >>> round(d.probs[1], 2), round(d.probs[10], 2), round(d.mass, 2)
     (0.4, 0.1, 0.9)
     >>> round(d.expected(), 3)
-    4.111
+    4.0
 """
 
 from __future__ import annotations
