@@ -277,8 +277,9 @@ class GenerativeRewardFn:
     def _check_engine(self) -> None:
         if self.sampling.expected_scores and not self.engine.supports_score_distributions:
             raise ValueError(
-                f"expected_scores needs an engine that gives score distributions; "
-                f"{type(self.engine).__name__} does not (the transformers engine does)"
+                f"expected_scores needs an engine that gives score distributions (the "
+                f"transformers engine in float32 or bfloat16): {type(self.engine).__name__} "
+                f"does not: {self.engine.score_distributions_refusal}"
             )
 
     def _setup(

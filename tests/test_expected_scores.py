@@ -148,7 +148,7 @@ def test_a_failed_distribution_leaves_the_parsed_scores_voting() -> None:
 
 
 def test_expected_scores_need_an_engine_that_gives_distributions() -> None:
-    with pytest.raises(ValueError, match="RuleJudgeEngine does not"):
+    with pytest.raises(ValueError, match="RuleJudgeEngine does not: it has no score_dist"):
         GenerativeRewardFn(RuleJudgeEngine(), expected_scores=True)
     with pytest.raises(ValueError, match="score distributions"):
         GenerativeRewardFn.from_config(
@@ -161,6 +161,17 @@ def test_expected_scores_need_an_engine_that_gives_distributions() -> None:
 
     with pytest.raises(NotImplementedError):
         asyncio.run(Bare().score_distributions([], "Final Scores: [[5]]", [15]))
+
+
+def test_an_int8_judge_refuses_expected_scores(tiny_engine, tmp_path) -> None:
+    from grm_plugin.engines.transformers_engine import TransformersEngine
+
+    folder = tiny_engine.config.model
+    int8 = TransformersEngine(TransformersEngineConfig(model=folder, quantize="int8", device="cpu"))
+    assert tiny_engine.supports_score_distributions and not int8.supports_score_distributions
+    with pytest.raises(ValueError, match="quantize='int8'.*use quantize: none"):
+        GenerativeRewardFn(int8, expected_scores=True)
+    asyncio.run(int8.aclose())
 
 
 def _draw(expected: list[list[float | None]], best: int) -> ItemDraw:

@@ -1,9 +1,12 @@
 """Real judges: the embedded default (Qwen2.5-Coder-0.5B) and the openai engine against a real
 `transformers serve` process. Slow: run with `pytest -m real_model` (its own CI step)."""
 
+import re
+
 import pytest
 
 from grm_plugin import FailureKind, GenerativeRewardFn, OpenAIEngineConfig
+from grm_plugin.config import DefaultEngineConfig
 from grm_plugin.engines import GenerationRequest
 from grm_plugin.engines.openai_engine import OpenAIEngine
 from grm_plugin.reward import run_sync
@@ -65,7 +68,9 @@ def test_openai_engine_against_transformers_serve(transformers_server):
 def test_default_judge_expected_scores_come_from_its_own_distribution():
     from grm_plugin.score_distribution import expected_in_original_order
 
-    rm = GenerativeRewardFn(None, samples=1, max_new_tokens=256, expected_scores=True, seed=0)
+    # float32: the int8 default refuses expected scores (its teacher-forced pass differs)
+    engine = DefaultEngineConfig(quantize="none")
+    rm = GenerativeRewardFn(engine, samples=1, max_new_tokens=256, expected_scores=True, seed=0)
     res = rm.score(
         "What is 12 times 12? Answer with the number.",
         ["144", "12 times 12 is 124."],
@@ -75,12 +80,19 @@ def test_default_judge_expected_scores_come_from_its_own_distribution():
         pytest.skip(f"the greedy judgment did not parse: {res.error}")
     s = greedy[0]
     dists = run_sync(rm.engine.score_distributions(s.messages, s.text, s.score_starts))
-    assert all(d is not None and 0.5 <= d.mass <= 1.0 + 1e-6 for d in dists)
     assert s.expected_scores == pytest.approx(expected_in_original_order(dists, s.order))
-    for shown, original in enumerate(s.order):
-        d, written = dists[shown], int(s.scores[original])
-        if written in (1, 10):
-            continue  # greedy picked the token "1"; which of 1 / 10 followed is a second step
+    checked = 0
+    for shown, start in enumerate(s.score_starts):
+        d = dists[shown]
+        assert d is not None and 0.0 < d.mass <= 1.0 + 1e-6
+        written = re.match(r"\d+(?:\.\d+)?", s.text[start:]).group()
+        if float(written) not in range(2, 10):
+            # out of scale ("100", "0": the parser clamps them) or 1 / 10 (greedy picked the
+            # token "1"; which of 1 / 10 followed is a second step): not one value's mode
+            continue
         # greedy decoding wrote the most likely value, so the distribution's mode is that value
-        assert max(d.probs, key=d.probs.get) == written, (written, d.probs)
-    assert res.scores == pytest.approx(s.expected_scores)
+        assert d.mass >= 0.5 and max(d.probs, key=d.probs.get) == int(written), (written, d.probs)
+        checked += 1
+    if not checked:
+        pytest.skip(f"the greedy judgment wrote no score in 2..9: {s.text[-40:]!r}")
+    assert res.scores == pytest.approx(s.vote_scores())

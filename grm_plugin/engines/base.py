@@ -70,6 +70,8 @@ class JudgeEngine(ABC):
     score_prefill: bool = False
     #: True when ``score_distributions`` reads the judge's distribution over score values
     supports_score_distributions: bool = False
+    #: why not, when not (said in the error a config asking for expected scores gets)
+    score_distributions_refusal: str = "it has no score_distributions method"
 
     @abstractmethod
     async def generate(self, request: GenerationRequest) -> list[str]:

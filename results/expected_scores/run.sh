@@ -5,5 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 R=results/expected_scores
-/usr/bin/time -v grm-plugin eval results/spct/data/heldout.jsonl --config results/spct/judge_before.yaml \
+python $R/decode_vs_forced.py int8 > $R/decode_vs_forced.txt
+python $R/decode_vs_forced.py none >> $R/decode_vs_forced.txt
+/usr/bin/time -v grm-plugin eval results/spct/data/heldout.jsonl --config $R/judge.yaml \
   --samples 1,4 --adaptive --expected-scores --limit 10 --out $R/eval --no-progress 2> $R/time.txt
+python $R/summarize.py
