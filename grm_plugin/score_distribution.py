@@ -4,8 +4,8 @@ A judge that writes "7" may have put 40% on "6". With k samples, integer scores 
 a tie gives GRPO no advantage); the expected score under the judge's own distribution at each
 score position breaks most ties with information the judge already had.
 
-How a distribution is measured (``value_probabilities``): each candidate value is written as
-text after the judgment's prefix and tokenized with it; the candidates' continuations after
+How a distribution is measured (``ScoreDistribution.from_candidates``): each candidate value is
+written as text after the judgment's prefix and tokenized with it; the continuations after
 their common token prefix are scored by the model (teacher forcing). A value whose tokens are a
 prefix of another's ("1" of "10" with digit-by-digit tokenizers) gets the probability of its
 tokens minus that of the longer values, i.e. "1" followed by something that does not make it

@@ -384,13 +384,10 @@ class TransformersEngine(JudgeEngine):
             }
         # the tokens all candidates share are the context; tokenizing each candidate with the
         # prefix (not alone) respects merges across the boundary (" 7" as one token)
-        common = min(len(x) for x in ids.values())
-        first = next(iter(ids.values()))
-        for x in ids.values():
-            common = next((i for i in range(common) if x[i] != first[i]), common)
+        context = os.path.commonprefix(list(ids.values()))  # any sequences, not only paths
+        common = len(context)
         if common == 0:
             return None
-        context = first[:common]
         conts = {v: tuple(x[common:]) for v, x in ids.items()}
         if any(not c for c in conts.values()):
             return None
