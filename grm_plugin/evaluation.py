@@ -9,6 +9,11 @@ over items). For n <= 6 responses it cycles through all permutations, so a prefi
 at most once more than any other. k = 1 here is one temperature-sampled
 judgment, not the greedy one the core uses when ``samples=1``.
 
+Accuracy is strict: an item is right only when the best response's vote is strictly above
+every other one; a tie, or an item where no sample parsed, is wrong. The tie and no-vote rates
+are reported beside it, and ``accuracy_tie_broken`` (ties and no-vote items decided by a seeded
+coin) only under that name.
+
 Example:
     >>> from grm_plugin import GenerativeRewardFn
     >>> from grm_plugin.meta_rm_data import PreferenceItem
@@ -27,6 +32,7 @@ import logging
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -38,7 +44,6 @@ from .meta_rm import MetaRewardModel, rate_samples
 from .meta_rm_data import (
     MetaRMRecord,
     PreferenceItem,
-    is_correct,
     judge_items,
     records_from_result,
 )
@@ -66,23 +71,30 @@ class ItemDraw(BaseModel):
 
 
 class PointStats(BaseModel):
-    """Accuracy of one method at one k, with its binomial error bars."""
+    """Strict accuracy of one method at one k (a tie or an item with no parsed sample is
+    wrong), with its binomial error bars, the tie and no-vote rates, and the tie-broken figure."""
 
     k: int
     n: int = Field(description="items evaluated")
-    correct: int
-    accuracy: float
+    correct: int = Field(description="items whose best response got strictly the top vote")
+    accuracy: float = Field(description="strict: ties and items with no parsed sample are wrong")
     se: float = Field(description="binomial standard error sqrt(p(1-p)/n)")
     ci95_low: float = Field(description="Wilson 95% interval")
     ci95_high: float
-    tie_rate: float = Field(description="items whose best scores tied (broken at random)")
-    no_vote_rate: float = Field(description="items with no valid sample: a random pick")
+    tie_rate: float = Field(description="items whose top votes tied (wrong: strict accuracy)")
+    no_vote_rate: float = Field(description="items with no parsed sample (wrong)")
+    correct_tie_broken: int = Field(
+        0, description="correct when ties and no-vote items are decided by a seeded coin"
+    )
+    accuracy_tie_broken: float = Field(
+        0.0, description="accuracy with ties and no-vote items decided by a seeded coin"
+    )
     acc_best_first: float | None = Field(
-        description="items whose best response is first in the data"
+        description="strict accuracy on items whose best response is first in the data"
     )
     n_best_first: int
     acc_best_second: float | None = Field(
-        description="items whose best response is second (or later)"
+        description="strict accuracy on items whose best response is second (or later)"
     )
     n_best_second: int
     samples_used_per_item: float | None = Field(
@@ -218,10 +230,20 @@ def samples_at_k(samples: Sequence[Sample], k: int, parse_retries: int = 0) -> l
     return out
 
 
-def _pick(
-    samples: Sequence[Sample], n: int, method: str, k: int, rng: random.Random
-) -> tuple[int, bool, bool]:
-    """(chosen index, tied, no valid sample) for one item at one level."""
+@dataclass(frozen=True)
+class _Outcome:
+    """One item at one level: strict and tie-broken correctness, and why it was undecided."""
+
+    correct: bool
+    correct_tie_broken: bool
+    tied: bool
+    no_vote: bool
+    best: int
+
+
+def _outcome(
+    samples: Sequence[Sample], best: int, n: int, method: str, k: int, rng: random.Random
+) -> _Outcome:
     valid = [s for s in samples if s.scores is not None]
     if method == "meta_rm_voting":
         valid = [s for s in valid if s.meta_score is not None]
@@ -229,20 +251,23 @@ def _pick(
         chosen = select_by_meta([s.meta_score for s in valid], min(keep, len(valid)))
         valid = [valid[i] for i in chosen]
     if not valid:
-        return rng.randrange(n), False, True
+        return _Outcome(False, rng.randrange(n) == best, False, True, best)
     lists = [s.vote_scores() if method == EXPECTED else s.scores for s in valid]
     _, sums = vote(lists, n)  # type: ignore[arg-type]
-    tied = sums.count(max(sums)) > 1
-    return argmax_random_tie(sums, rng), tied, False
+    top = max(sums)
+    tied = sums.count(top) > 1
+    strict = sums[best] == top and not tied
+    return _Outcome(strict, argmax_random_tie(sums, rng) == best, tied, False, best)
 
 
-def _point(k: int, outcomes: list[tuple[bool, bool, bool, int]]) -> PointStats:
+def _point(k: int, outcomes: list[_Outcome]) -> PointStats:
     n = len(outcomes)
-    correct = sum(o[0] for o in outcomes)
+    correct = sum(o.correct for o in outcomes)
     p = correct / n if n else 0.0
     lo, hi = wilson_interval(correct, n)
-    first = [o[0] for o in outcomes if o[3] == 0]
-    second = [o[0] for o in outcomes if o[3] != 0]
+    first = [o.correct for o in outcomes if o.best == 0]
+    second = [o.correct for o in outcomes if o.best != 0]
+    broken = sum(o.correct_tie_broken for o in outcomes)
     return PointStats(
         k=k,
         n=n,
@@ -251,8 +276,10 @@ def _point(k: int, outcomes: list[tuple[bool, bool, bool, int]]) -> PointStats:
         se=math.sqrt(p * (1 - p) / n) if n else 0.0,
         ci95_low=lo,
         ci95_high=hi,
-        tie_rate=sum(o[1] for o in outcomes) / n if n else 0.0,
-        no_vote_rate=sum(o[2] for o in outcomes) / n if n else 0.0,
+        tie_rate=sum(o.tied for o in outcomes) / n if n else 0.0,
+        no_vote_rate=sum(o.no_vote for o in outcomes) / n if n else 0.0,
+        correct_tie_broken=broken,
+        accuracy_tie_broken=broken / n if n else 0.0,
         acc_best_first=sum(first) / len(first) if first else None,
         n_best_first=len(first),
         acc_best_second=sum(second) / len(second) if second else None,
@@ -262,13 +289,12 @@ def _point(k: int, outcomes: list[tuple[bool, bool, bool, int]]) -> PointStats:
 
 def _outcomes(
     draws: Sequence[ItemDraw], chosen: Sequence[Sequence[Sample]], method: str, k: int, seed: int
-) -> list[tuple[bool, bool, bool, int]]:
+) -> list[_Outcome]:
     out = []
     for d, c in zip(draws, chosen, strict=True):
         # no method in the seed: when both methods vote the same samples they pick alike
         rng = random.Random(f"{seed}|{k}|{d.item.id}")
-        pick, tied, none = _pick(c, len(d.item.responses), method, k, rng)
-        out.append((pick == d.item.best, tied, none, d.item.best))
+        out.append(_outcome(c, d.item.best, len(d.item.responses), method, k, rng))
     return out
 
 
@@ -290,8 +316,9 @@ def evaluate(
     overall: Overall = Overall.MICRO,
     adaptive: AdaptiveRule | None = None,
 ) -> EvalReport:
-    """Accuracy per k and method from one draw, overall and per subset. Ties (and items with no
-    valid sample) are broken at random with a generator seeded by (seed, k, item id):
+    """Strict accuracy per k and method from one draw, overall and per subset: a tie, or an
+    item with no valid sample, is wrong (``tie_rate`` and ``no_vote_rate`` say how often).
+    ``accuracy_tie_broken`` decides those items with a coin seeded by (seed, k, item id):
     reproducible, the same item gets independent coin flips at different k, and both methods
     flip the same coin. Meta-RM voting is reported when every item has meta scores on its valid
     samples (see ``add_meta_scores``). ``greedy``: a separate draw of one greedy judgment per
@@ -414,14 +441,6 @@ def read_draws(path: str | Path) -> list[ItemDraw]:
         return [ItemDraw.model_validate_json(line) for line in f if line.strip()]
 
 
-def correctness(draw_: ItemDraw) -> list[bool | None]:
-    """Per sample: correct, wrong, or None (no scores). Handy for inspecting a draw."""
-    return [
-        None if s.scores is None else is_correct(s.scores, draw_.item.best)
-        for s in draw_.result.samples
-    ]
-
-
 _LABELS: dict[str, str] = {
     "voting": "voting",
     "meta_rm_voting": "meta RM voting",
@@ -436,12 +455,17 @@ def _pct(x: float | None) -> str:
 
 
 def markdown_table(report: EvalReport) -> str:
-    """The report as markdown: accuracy in % with +- 1.96 se and the Wilson CI, diagnostics,
-    the benchmark's headline number, per-subset accuracy, and cost per k."""
+    """The report as markdown: strict accuracy in % with +- 1.96 se and the Wilson CI, the tie
+    and no-vote rates, the tie-broken accuracy (labeled), the benchmark's headline number,
+    per-subset accuracy, and cost per k."""
     lines = [
+        "Accuracy is strict: a tie or an item with no parsed sample counts as wrong. "
+        "The tie-broken column decides those items by a seeded coin (not a measurement).",
+        "",
         "| method | k | n | accuracy % | ±1.96·SE | 95% CI (Wilson) | tie rate | no-vote rate "
-        "| acc. best shown 1st in data | acc. best 2nd | samples used per item |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| accuracy % (tie-broken) | acc. best shown 1st in data | acc. best 2nd "
+        "| samples used per item |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, points in report.methods.items():
         for p in points:
@@ -450,6 +474,7 @@ def markdown_table(report: EvalReport) -> str:
                 f"| {_LABELS.get(method, method)} | {p.k} | {p.n} | {_pct(p.accuracy)} "
                 f"| {100 * 1.96 * p.se:.1f} | [{_pct(p.ci95_low)}, {_pct(p.ci95_high)}] "
                 f"| {_pct(p.tie_rate)} | {_pct(p.no_vote_rate)} "
+                f"| {_pct(p.accuracy_tie_broken)} "
                 f"| {_pct(p.acc_best_first)} (n={p.n_best_first}) "
                 f"| {_pct(p.acc_best_second)} (n={p.n_best_second}) | {used} |"
             )
@@ -467,8 +492,8 @@ def markdown_table(report: EvalReport) -> str:
     if report.subsets:
         lines += [
             "",
-            "| subset | method | k | n | accuracy % | 95% CI (Wilson) | tie rate |",
-            "|---|---|---|---|---|---|---|",
+            "| subset | method | k | n | accuracy % | 95% CI (Wilson) | tie rate | no-vote rate |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, per_method in report.subsets.items():
             for method, points in per_method.items():
@@ -476,7 +501,7 @@ def markdown_table(report: EvalReport) -> str:
                     lines.append(
                         f"| {name} | {_LABELS.get(method, method)} | {p.k} | {p.n} "
                         f"| {_pct(p.accuracy)} | [{_pct(p.ci95_low)}, {_pct(p.ci95_high)}] "
-                        f"| {_pct(p.tie_rate)} |"
+                        f"| {_pct(p.tie_rate)} | {_pct(p.no_vote_rate)} |"
                     )
     lines += [
         "",

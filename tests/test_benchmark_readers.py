@@ -291,14 +291,14 @@ def test_best_index_out_of_range(tmp_path):
     assert "dataset.json:" in msg and "'label'" in msg
 
 
-def test_duplicated_responses(tmp_path):
+def test_duplicated_responses_stop_a_strict_run(tmp_path):
     rows = rmb_bon_rows()
-    rows[0]["loser_list"][1]["answer"] = "BAD plan"
-    msg = _error(tmp_path, rows, name="S1.json")
+    rows[0]["loser_list"][1]["answer"] = rows[0]["bon_best"]["answer"]
+    msg = _error(tmp_path, rows, name="S1.json", strict=True)
     assert "S1.json:2:" in msg and "'loser_list'" in msg and "duplicated response" in msg
     rows = ours_rows()
     rows[0]["responses"] = ["same", "same"]
-    assert "duplicated response" in _error(tmp_path, rows)
+    assert "duplicated response" in _error(tmp_path, rows, strict=True)
 
 
 def test_empty_subset(tmp_path):
@@ -316,7 +316,7 @@ def test_empty_subset(tmp_path):
 def test_json_array_lines_and_invalid_json(tmp_path):
     rows = llmbar_rows()
     rows[1]["output_1"] = ""
-    msg = _error(tmp_path, rows, name="dataset.json")
+    msg = _error(tmp_path, rows, name="dataset.json", strict=True)
     line = msg.split("dataset.json:")[1].split(":")[0]
     text = (tmp_path / "dataset.json").read_text().splitlines()
     assert text[int(line) - 1].strip() == "{"  # the line where that object starts
@@ -329,9 +329,11 @@ def test_json_array_lines_and_invalid_json(tmp_path):
 def test_undetectable_and_skip_invalid(tmp_path):
     msg = _error(tmp_path, [{"question": "q", "answer": "a"}])
     assert "match no known benchmark format" in msg
-    rows = ours_rows() + [{"prompt": "q", "responses": ["a", "a"], "best": 0}]
-    bench = load_benchmark(write_jsonl(tmp_path / "mixed.jsonl", rows), strict=False)
-    assert len(bench.items) == 2 and bench.skipped == 1
+    rows = ours_rows() + [{"prompt": "q", "responses": ["a", "b"], "best": 2}]
+    with pytest.raises(BenchmarkDataError, match="mixed.jsonl:3: field 'best'"):
+        load_benchmark(write_jsonl(tmp_path / "mixed.jsonl", rows))
+    bench = load_benchmark(tmp_path / "mixed.jsonl", skip_invalid=True)
+    assert len(bench.items) == 2 and bench.skipped == 1 and bench.skipped_degenerate == 0
     assert "mixed.jsonl:3:" in bench.skipped_reasons[0]
 
 

@@ -103,26 +103,36 @@ def test_retries_fill_only_the_failures_of_the_level():
     assert samples_at_k(samples, 1, parse_retries=2) == samples[:1]  # no failure at k=1
 
 
-def test_tie_breaking_is_random_but_seeded():
+def test_strict_accuracy_counts_ties_as_wrong_and_reports_the_coin_flips_apart():
+    # issue 21 item 25: a tie was a coin flip counted in the headline accuracy
     draws = [_draw(f"t{i}", i % 2, [_sample([5, 5]), _sample([5, 5])]) for i in range(60)]
     a = evaluate(draws, [1, 2], seed=7)
-    b = evaluate(draws, [1, 2], seed=7)
-    c = evaluate(draws, [1, 2], seed=8)
-    assert a == b
-    points = a.methods["voting"]
-    assert all(p.tie_rate == 1.0 for p in points)
-    assert all(0 < p.correct < 60 for p in points)  # coin flips, not always the same index
-    assert [p.correct for p in c.methods["voting"]] != [p.correct for p in points] or (
-        a.model_dump() != c.model_dump()
-    )
+    assert a == evaluate(draws, [1, 2], seed=7)
+    for p in a.methods["voting"]:
+        assert p.tie_rate == 1.0
+        assert (p.correct, p.accuracy) == (0, 0.0)  # strict: a tie is wrong
+        assert (p.ci95_low, p.acc_best_first, p.acc_best_second) == (0.0, 0.0, 0.0)
+        assert 0 < p.correct_tie_broken < 60  # coin flips, labeled as such
+        assert p.accuracy_tie_broken == p.correct_tie_broken / 60
+    md = markdown_table(a)
+    assert "| voting | 1 | 60 | 0.0 |" in md and "tie-broken" in md
 
 
-def test_items_without_a_valid_sample_are_a_random_pick():
+def test_items_without_a_valid_sample_are_wrong_not_a_random_pick():
     fail = dict(failure="parse: no scores")
     draws = [_draw(f"f{i}", 0, [_sample(None, **fail)]) for i in range(40)]
     p = evaluate(draws, [1]).methods["voting"][0]
-    assert p.no_vote_rate == 1.0 and 0 < p.correct < 40
+    assert p.no_vote_rate == 1.0 and p.correct == 0 and p.accuracy == 0.0
+    assert 0 < p.correct_tie_broken < 40  # the old random pick, only in the labeled figure
     assert evaluate(draws, [1]).levels[0].parse_failure_rate == 1.0
+
+
+def test_strict_headline_and_subsets_use_strict_accuracy():
+    tie, right = [_sample([5, 5])], [_sample([9, 1])]
+    draws = [_draw("r", 0, right), *(_draw(f"t{i}", i % 2, tie) for i in range(9))]
+    report = evaluate(draws, [1])
+    assert report.methods["voting"][0].correct == 1
+    assert report.headline["voting"][0].accuracy == pytest.approx(0.1)
 
 
 def test_meta_rm_voting_keeps_the_best_rated_half():

@@ -26,7 +26,7 @@ from .tiny_model import build_tiny_model
 @pytest.mark.parametrize(
     ("text", "numbers"),
     [
-        ("Analysis: x\n**Final Scores: [[7, 10.5]]**", ["7", "10.5"]),
+        ("Analysis: x\n**Final Scores: [[7, 9.5]]**", ["7", "9.5"]),  # 10.5: off the scale
         ("a\r\nb\n\nFinal Scores: [[3; 1]]", ["3", "1"]),
         ("Analysis: y\nThe answer is \\boxed{2, 9}", ["2", "9"]),
         ("Final Scores: 4, 6", ["4", "6"]),
@@ -205,7 +205,11 @@ def test_cli_eval_expected_scores_on_the_same_draw(tmp_path, monkeypatch, capsys
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setattr(reward, "make_engine", lambda spec: _DistributionEngine({}))
     out = tmp_path / "out"
-    argv = ["eval", str(data), "--samples", "1,2", "--no-progress", "--expected-scores"]
+    # eval refuses --expected-scores for an int8 judge (the default) before loading it
+    judge = tmp_path / "judge.yaml"
+    judge.write_text("engine: {type: default, quantize: none}\n")
+    argv = ["eval", str(data), "--samples", "1,2", "--no-progress", "--config", str(judge)]
+    argv.append("--expected-scores")
     assert main([*argv, "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert [p["tie_rate"] for p in report["methods"]["voting"]] == [1.0, 1.0]

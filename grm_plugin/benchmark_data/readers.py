@@ -117,10 +117,10 @@ class Reader:
 
 def _text(row: Row, name: str, value: Any = None) -> str:
     value = row.data.get(name) if value is None else value
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise row.where.degenerate(name, "empty text")
     if not isinstance(value, str):
         raise row.where.error(name, f"expected a string, got {type(value).__name__}")
-    if not value.strip():
-        raise row.where.error(name, "empty text")
     return value
 
 
@@ -144,12 +144,12 @@ def _position(item_id: str, n: int) -> int:
 
 
 def _check_unique(where: Where, texts: Sequence[str], field_name: str) -> None:
-    """Duplicated texts are an error: a duplicate of the best response could never be beaten
-    strictly, and a duplicate loser is the same comparison twice."""
+    """Duplicated texts make a row that cannot be a test: a duplicate of the best response
+    could never be beaten strictly, and a duplicate loser is the same comparison twice."""
     seen: dict[str, int] = {}
     for i, t in enumerate(texts):
         if t in seen:
-            raise where.error(
+            raise where.degenerate(
                 field_name, f"duplicated response (responses {seen[t] + 1} and {i + 1} are equal)"
             )
         seen[t] = i
@@ -207,6 +207,8 @@ def _ours(row: Row, _: ReaderOptions) -> list[PreferenceItem]:
     for i, r in enumerate(responses):
         if not isinstance(r, str):
             raise w.error(f"responses[{i}]", f"expected a string, got {type(r).__name__}")
+        if not r.strip():
+            raise w.degenerate(f"responses[{i}]", "empty text")
     best = d.get("best")
     if isinstance(best, bool) or not isinstance(best, int):
         raise w.error("best", f"expected an integer index, got {best!r}")
@@ -355,7 +357,8 @@ def _rmb(row: Row, _: ReaderOptions) -> list[PreferenceItem]:
         if not isinstance(losers, list) or not losers:
             raise w.error("loser_list", "expected a non-empty list")
         best = answer("bon_best", d["bon_best"])
-        others = [answer(f"loser_list[{i}]", x) for i, x in enumerate(losers)]
+        # released BoN files repeat some losers verbatim: the same comparison, kept once
+        others = list(dict.fromkeys(answer(f"loser_list[{i}]", x) for i, x in enumerate(losers)))
         item_id, field_name = _item_id(row, "bon_uid"), "loser_list"
     else:
         best, others = answer("chosen", d.get("chosen")), [answer("reject", d.get("reject"))]
@@ -376,24 +379,38 @@ def _rmb(row: Row, _: ReaderOptions) -> list[PreferenceItem]:
     ]
 
 
+def _llmbar_subset(source: str) -> str | None:
+    """The subset of a released LLMBar file from its path: ``<subset>/dataset.json``, with the
+    ``Adversarial/`` group kept (``.../Adversarial/GPTInst/dataset.json`` ->
+    ``Adversarial/GPTInst``), whatever the clone's top folders are called.
+
+    >>> _llmbar_subset("llmbar-main/Dataset/LLMBar/Natural/dataset.json")
+    'Natural'
+    >>> _llmbar_subset("x/Dataset/LLMBar/Adversarial/GPTInst/dataset.json")
+    'Adversarial/GPTInst'
+    """
+    parts = [p for p in source.replace("\\", "/").split("/") if p]
+    if len(parts) < 2 or parts[-1].lower() != "dataset.json":
+        return None
+    if len(parts) >= 3 and parts[-3].lower() == "adversarial":
+        return f"{parts[-3]}/{parts[-2]}"
+    return parts[-2]
+
+
 def _llmbar(row: Row, _: ReaderOptions) -> list[PreferenceItem]:
     label = row.data.get("label")
     if label not in (1, 2) or isinstance(label, bool):
         raise row.where.error("label", f"expected 1 or 2, got {label!r}")
     outs = [_text(row, "output_1"), _text(row, "output_2")]
-    if "subset" in row.data:
-        subset: str | None = _subset(row, "subset")
-    else:
-        # the released files are <subset>/dataset.json, e.g. Adversarial/GPTInst/dataset.json
-        parts = row.where.source.replace("\\", "/").split("/")
-        subset = None
-        if parts[-1] == "dataset.json" and len(parts) > 1:
-            start = parts.index("LLMBar") + 1 if "LLMBar" in parts[:-1] else len(parts) - 2
-            subset = "/".join(parts[start:-1]) or None
+    subset = _subset(row, "subset") if "subset" in row.data else _llmbar_subset(row.where.source)
+    item_id = _item_id(row, "id")
+    if row.data.get("id") in (None, "") and subset is not None and row.where.line is not None:
+        # every released file is <subset>/dataset.json: "dataset-<line>" repeats across them
+        item_id = f"{subset}-{row.where.line}"
     return [
         _build(
             row.where,
-            item_id=_item_id(row, "id"),
+            item_id=item_id,
             prompt=_text(row, "input"),
             best=outs[label - 1],
             others=[outs[2 - label]],
@@ -502,6 +519,7 @@ _REG.add(
         ),
         frozenset({"pair_uid", "bon_uid"}),
         _rmb,
+        notes="Best-of-N rows list some losers more than once: each loser is kept once.",
     )
 )
 _REG.add(

@@ -1,6 +1,8 @@
 """Raw rows of a benchmark with their location (file and line, or row number), from a local file
 (.jsonl, .json, .parquet) or a hub dataset id. Readers turn rows into items; every error they
-raise names the row's location.
+raise names the row's location. ``text_lines`` and ``read_text`` decode UTF-8 naming the file
+and line of a bad byte; every JSONL/JSON reader of the package (benchmarks, SPCT items) reads
+through them.
 
 Example:
     >>> import json, tempfile, pathlib
@@ -23,6 +25,57 @@ class BenchmarkDataError(ValueError):
     """Bad benchmark input; the message names the file, the line (or row) and the field."""
 
 
+class DegenerateRowError(BenchmarkDataError):
+    """A row that cannot be a test (an empty or a duplicated response, a row repeated): real
+    benchmark files hold a few, so they are skipped with a warning unless ``strict``."""
+
+
+def _bad_utf8(path: Path, raw: bytes, e: UnicodeDecodeError, first_line: int) -> str:
+    """``path:line: not valid UTF-8 ...`` for the bad byte at ``e.start`` of ``raw``."""
+    line = first_line + raw.count(b"\n", 0, e.start)
+    column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+    byte = raw[e.start : e.start + 1].hex()
+    return f"{path}:{line}: not valid UTF-8 (byte 0x{byte} at column {column}: {e.reason})"
+
+
+@dataclass(frozen=True)
+class TextLine:
+    """One line of a text file: its number, its text, or why it could not be decoded."""
+
+    number: int
+    text: str
+    error: str | None = None
+
+
+def text_lines(path: str | Path) -> Iterator[TextLine]:
+    """The lines of a UTF-8 file, numbered from 1; a line with a bad byte comes with ``error``
+    (``file:line: not valid UTF-8 ...``) and empty text, so a caller can skip or stop on it.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.jsonl"
+    >>> _ = p.write_bytes(b'{"a": 1}\\n{"a": "\\xff"}\\n')
+    >>> [(ln.number, ln.error is None) for ln in text_lines(p)]
+    [(1, True), (2, False)]
+    """
+    p = Path(path)
+    with p.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield TextLine(number, raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                yield TextLine(number, "", _bad_utf8(p, raw, e, number))
+
+
+def read_text(path: str | Path) -> str:
+    """A whole UTF-8 file; a bad byte is a ``BenchmarkDataError`` naming the file and line."""
+    p = Path(path)
+    raw = p.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BenchmarkDataError(_bad_utf8(p, raw, e, 1)) from None
+
+
 @dataclass(frozen=True)
 class Where:
     """Where a row came from: ``source`` (file path or hub id), a line number for text files,
@@ -42,6 +95,11 @@ class Where:
         at = f" field {field!r}:" if field else ""
         return BenchmarkDataError(f"{self}:{at} {message}")
 
+    def degenerate(self, field: str | None, message: str) -> DegenerateRowError:
+        """An error for a row that cannot be a test (skipped by default, see ``strict``)."""
+        at = f" field {field!r}:" if field else ""
+        return DegenerateRowError(f"{self}:{at} {message}")
+
 
 @dataclass(frozen=True)
 class Row:
@@ -52,24 +110,25 @@ class Row:
 
 
 def _jsonl(path: Path) -> Iterator[Row]:
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = Where(str(path), line=line_no)
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise where.error(None, f"not valid JSON ({e.msg})") from e
-            if not isinstance(data, dict):
-                raise where.error(None, f"expected a JSON object, got {type(data).__name__}")
-            yield Row(data, where)
+    for line in text_lines(path):
+        if line.error is not None:
+            raise BenchmarkDataError(line.error)
+        if not line.text.strip():
+            continue
+        where = Where(str(path), line=line.number)
+        try:
+            data = json.loads(line.text)
+        except json.JSONDecodeError as e:
+            raise where.error(None, f"not valid JSON ({e.msg})") from e
+        if not isinstance(data, dict):
+            raise where.error(None, f"expected a JSON object, got {type(data).__name__}")
+        yield Row(data, where)
 
 
 def _json(path: Path) -> Iterator[Row]:
     """A JSON array of objects (RMB, LLMBar) or a JSON-lines file saved as .json; each object
     gets the line it starts on, found by decoding the array element by element."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     start = len(text) - len(text.lstrip())
     if not text[start:].startswith("["):
         yield from _jsonl(path)

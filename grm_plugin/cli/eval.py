@@ -47,8 +47,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subset", action="append", help="only this subset (repeatable)")
     p.add_argument("--per-subset", type=int, help="only the first N items of each subset")
     p.add_argument("--bon-size", type=int, default=4, help="PPE correctness: responses per item")
-    p.add_argument(
-        "--skip-invalid", action="store_true", help="skip bad rows (counted) instead of stopping"
+    bad_rows = p.add_mutually_exclusive_group()
+    bad_rows.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at rows with an empty or duplicated response, or repeated (default: skip "
+        "them, counted, with a warning)",
+    )
+    bad_rows.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="skip every bad row (counted) instead of stopping",
     )
     p.add_argument("--template", help="judge prompt template: a preset name or a .jinja file")
     p.add_argument(
@@ -108,6 +117,26 @@ def _first_per_subset(items: list, n: int) -> list:
     return out
 
 
+def _expected_scores_refusal(engine: object) -> str | None:
+    """Why the configured engine cannot give expected scores, said before any model loads (the
+    engine's own check runs once the model is loaded: tens of seconds on a CPU)."""
+    from ..config import DefaultEngineConfig, TransformersEngineConfig
+
+    if isinstance(engine, (DefaultEngineConfig, TransformersEngineConfig)):
+        if engine.quantize == "int8":
+            return (
+                "the judge runs with quantize: int8, whose teacher-forced distributions do not "
+                "match what it samples from (results/expected_scores): set quantize: none in "
+                "the engine section of a --config file"
+            )
+        return None
+    kind = getattr(engine, "type", type(engine).__name__)
+    return (
+        f"the {kind} engine gives no score distributions (only a local transformers judge "
+        "in float32 or bfloat16 does)"
+    )
+
+
 def _count_tokens(rm, draws) -> str:
     from ..engines.base import JudgeEngine
 
@@ -143,6 +172,11 @@ def run(args: argparse.Namespace) -> int:
             "expected_scores": cfg.sampling.expected_scores or args.expected_scores,
         }
     )
+    if cfg.sampling.expected_scores and not args.reuse_samples:
+        refusal = _expected_scores_refusal(cfg.engine)
+        if refusal is not None:
+            print(f"error: --expected-scores: {refusal}", file=sys.stderr)
+            return 2
     bench = load_benchmark(
         args.data,
         format=None if args.format == "auto" else Format(args.format),
@@ -150,7 +184,8 @@ def run(args: argparse.Namespace) -> int:
         config=args.hub_config,
         limit=None if args.per_subset else args.limit,
         subsets=set(args.subset) if args.subset else None,
-        strict=not args.skip_invalid,
+        strict=args.strict,
+        skip_invalid=args.skip_invalid,
         options=ReaderOptions(bon_size=args.bon_size),
     )
     items = bench.items
@@ -228,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
         "format": bench.format.value,
         "overall_rule": bench.overall.value,
         "rows_skipped": bench.skipped,
+        "rows_skipped_degenerate": bench.skipped_degenerate,
         "skipped_reasons": bench.skipped_reasons,
         "notes": bench.notes,
         "tokens": tokens,

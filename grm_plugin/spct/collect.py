@@ -5,9 +5,12 @@ truncation and parser), and each kept record holds the exact messages that sampl
 Items where all N were correct are dropped (too easy). With ``hint_retry``, items where none was
 correct get one more round whose prompt names the best response; what it keeps is marked hinted.
 
-The output is written item by item, with a progress log beside it (``<out>.progress.jsonl``): a
-run stopped midway is resumed by running it again, and finished items are not judged again. Items
-whose judging failed in the engine are not logged, so a rerun tries them again.
+Items are judged concurrently (``chunk_size`` at once) and each one is written as soon as it is
+judged, with a progress log beside the output (``<out>.progress.jsonl``): a run stopped midway is
+resumed by running it again, and finished items are not judged again. Items whose judging failed
+in the engine are not logged, so a rerun tries them again. A last line cut by a kill or a full
+disk is dropped on resume (with a warning naming the file); a broken line elsewhere is an error
+naming file and line.
 
 Example:
     >>> import tempfile, pathlib
@@ -25,17 +28,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..benchmark_data.rows import text_lines
 from ..results import FailureKind, JudgmentResult, Sample
 from ..reward import GenerativeRewardFn, run_sync
 from .items import ReadReport, SPCTItem
 
 _ENGINE_KINDS = (FailureKind.ENGINE, FailureKind.TIMEOUT)
+
+log = logging.getLogger(__name__)
 
 
 class RFTRecord(BaseModel):
@@ -132,33 +139,73 @@ def read_rft_records(path: str | Path) -> list[RFTRecord]:
     if not p.is_file():
         raise FileNotFoundError(f"RFT records not found: {p}")
     out = []
-    with p.open() as f:
-        for line_no, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    out.append(RFTRecord.model_validate_json(line))
-                except ValueError as e:
-                    raise ValueError(f"{p}:{line_no}: {e}") from e
+    for line in text_lines(p):
+        if line.error is not None:
+            raise ValueError(line.error)
+        if line.text.strip():
+            try:
+                out.append(RFTRecord.model_validate_json(line.text))
+            except ValueError as e:
+                raise ValueError(f"{p}:{line.number}: {e}") from e
+    return out
+
+
+def _read_lines(
+    path: Path, parse: Callable[[str], object], *, drop_broken: bool = False
+) -> list[tuple[str, object]]:
+    """The non-empty lines of ``path`` with what ``parse`` made of them. A last line that does
+    not parse and has no newline is what a kill or a full disk leaves: it is dropped from the
+    file (appending after it would glue the next line onto it) with a warning. Any other line
+    that does not parse is an error naming file and line, or with ``drop_broken`` dropped with
+    a warning."""
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline
+    out = []
+    dropped = False
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                out.append((line.decode(), parse(line.decode())))
+            except ValueError as e:
+                if not drop_broken:
+                    raise ValueError(f"{path}:{number}: broken line ({e}); fix or remove it") from e
+                log.warning("%s:%d: dropped a broken line", path, number)
+                dropped = True
+    if tail.strip():
+        try:
+            out.append((tail.decode(), parse(tail.decode())))
+            tail_ok = True
+        except ValueError:
+            tail_ok = False
+        if not tail_ok:
+            log.warning(
+                "%s:%d: dropped a cut last line (%d bytes, no newline: the run was stopped "
+                "while writing it)",
+                path,
+                len(lines) + 1,
+                len(tail),
+            )
+    if tail or dropped:
+        # repaired in place: complete lines only, each ending in a newline
+        path.write_text("".join(text + "\n" for text, _ in out))
     return out
 
 
 def _resume(out: Path) -> dict[str, ItemOutcome]:
     """Finished items from the progress log; records of unfinished items (a run stopped between
     writing records and logging the item) are removed so the rerun does not duplicate them."""
-    log = progress_path(out)
+    log_file = progress_path(out)
     done: dict[str, ItemOutcome] = {}
-    if log.is_file():
-        for line in log.read_text().splitlines():
-            if line.strip():
-                try:
-                    o = ItemOutcome.model_validate_json(line)
-                except ValueError:
-                    continue  # a line cut by a crash: that item is judged again
-                done[o.id] = o
+    if log_file.is_file():
+        # a broken log line only means that item is judged again (its records are dropped below)
+        for _, o in _read_lines(log_file, ItemOutcome.model_validate_json, drop_broken=True):
+            assert isinstance(o, ItemOutcome)
+            done[o.id] = o
     if out.is_file():
-        lines = out.read_text().splitlines()
-        kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("id") in done]
-        if len(kept) != len([ln for ln in lines if ln.strip()]):
+        lines = _read_lines(out, json.loads)
+        kept = [text for text, r in lines if isinstance(r, dict) and r.get("id") in done]
+        if len(kept) != len(lines):
             out.write_text("".join(ln + "\n" for ln in kept))
     return done
 
@@ -213,47 +260,59 @@ def _tally(
     return records
 
 
-async def _collect_chunk(
-    rm: GenerativeRewardFn, chunk: Sequence[SPCTItem], hint_retry: bool
-) -> list[tuple[SPCTItem, ItemOutcome | None, list[RFTRecord], int]]:
-    """(item, outcome or None when the engine failed, records, samples lost to the engine)."""
-    first = await asyncio.gather(*(_judge(rm, it, False) for it in chunk))
-    out: list[tuple[SPCTItem, ItemOutcome | None, list[RFTRecord], int]] = []
-    retry: list[int] = []
-    for item, res in zip(chunk, first, strict=True):
-        lost = _engine_failed(res)
+async def _collect_item(
+    rm: GenerativeRewardFn, item: SPCTItem, hint_retry: bool
+) -> tuple[ItemOutcome | None, list[RFTRecord], int]:
+    """(outcome or None when the engine failed, records, samples lost to the engine)."""
+    res = await _judge(rm, item, False)
+    lost = _engine_failed(res)
+    if lost is not None:
+        return None, [], lost
+    assert isinstance(res, JudgmentResult)
+    outcome = ItemOutcome(id=item.id)
+    records = _tally(item, res, outcome, hinted=False)
+    if records and len(records) == outcome.samples:
+        outcome.too_easy, records = True, []
+    elif not records and hint_retry:
+        hinted = await _judge(rm, item, True)
+        lost = _engine_failed(hinted)
         if lost is not None:
-            out.append((item, None, [], lost))
-            continue
-        assert isinstance(res, JudgmentResult)
-        outcome = ItemOutcome(id=item.id)
-        records = _tally(item, res, outcome, hinted=False)
-        if records and len(records) == outcome.samples:
-            outcome.too_easy, records = True, []
-        elif not records and hint_retry:
-            retry.append(len(out))
-        out.append((item, outcome, records, 0))
-    hinted = await asyncio.gather(*(_judge(rm, out[i][0], True) for i in retry))
-    for i, res in zip(retry, hinted, strict=True):
-        item, outcome, _, _ = out[i]
-        assert outcome is not None
-        lost = _engine_failed(res)
-        if lost is not None:
-            out[i] = (item, None, [], lost)
-            continue
-        assert isinstance(res, JudgmentResult)
+            return None, [], lost
+        assert isinstance(hinted, JudgmentResult)
         outcome.hint_retried = True
-        records = _tally(item, res, outcome, hinted=True)
-        outcome.kept = outcome.hinted_kept = len(records)
-        out[i] = (item, outcome, records, 0)
-    for _, outcome, records, _ in out:
-        if outcome is not None and not outcome.hint_retried:
-            outcome.kept = len(records)
-    return out
+        records = _tally(item, hinted, outcome, hinted=True)
+        outcome.hinted_kept = len(records)
+    outcome.kept = len(records)
+    return outcome, records, 0
+
+
+async def _collect_all(
+    rm: GenerativeRewardFn,
+    todo: Sequence[SPCTItem],
+    hint_retry: bool,
+    concurrency: int,
+    on_done: Callable[[ItemOutcome | None, list[RFTRecord], int], None],
+) -> None:
+    """Judge ``todo`` with at most ``concurrency`` items in flight and hand each item to
+    ``on_done`` as soon as it is judged (so it is on disk before slower items finish)."""
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(item: SPCTItem) -> tuple[ItemOutcome | None, list[RFTRecord], int]:
+        async with gate:
+            return await _collect_item(rm, item, hint_retry)
+
+    tasks = [asyncio.ensure_future(one(it)) for it in todo]
+    try:
+        for next_done in asyncio.as_completed(tasks):
+            on_done(*await next_done)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def collect(
-    rm: GenerativeRewardFn,
+    rm: GenerativeRewardFn | Callable[[], GenerativeRewardFn],
     items: Sequence[SPCTItem],
     out: str | Path,
     *,
@@ -264,6 +323,10 @@ def collect(
 ) -> CollectCounts:
     """Judge ``items`` with ``rm`` (N = ``rm.sampling.samples`` judgments each) and append the
     correct judgments to ``out`` (JSONL of ``RFTRecord``); resumes from what ``out`` holds.
+
+    ``rm`` may be a function that builds the judge: it is called only when some item is left to
+    judge, so a finished run resumed does not load a model. ``chunk_size`` items are judged at
+    once; each is written (records, then its progress line) as soon as it is judged.
 
     Counts are saved to ``<out>.counts.json`` and returned. Set ``rm``'s ``parse_retries`` to 0
     for exact counts (a retry draws extra samples, which are counted like the others).
@@ -287,27 +350,30 @@ def collect(
 
         bar = tqdm(total=len(todo), desc="collecting", unit="item")
     try:
-        with out.open("a") as rec_f, progress_path(out).open("a") as log_f:
-            for start in range(0, len(todo), chunk_size):
-                chunk = todo[start : start + chunk_size]
-                for _item, outcome, records, lost in run_sync(
-                    _collect_chunk(rm, chunk, hint_retry)
-                ):
+        if todo:
+            judge = rm if hasattr(rm, "ascore") else rm()  # type: ignore[operator]
+            with out.open("a") as rec_f, progress_path(out).open("a") as log_f:
+
+                def on_done(
+                    outcome: ItemOutcome | None, records: list[RFTRecord], lost: int
+                ) -> None:
                     if outcome is None:
                         counts.engine_failed_items += 1
                         counts.engine_failed_samples += lost
-                        continue
-                    for r in records:
-                        rec_f.write(r.model_dump_json() + "\n")
-                    rec_f.flush()
-                    os.fsync(rec_f.fileno())
-                    # logged after its records are on disk: a logged item is complete
-                    log_f.write(outcome.model_dump_json() + "\n")
-                    log_f.flush()
-                    counts.add(outcome)
-                if bar is not None:
-                    bar.update(len(chunk))
-                    bar.set_postfix(kept=counts.kept)
+                    else:
+                        for r in records:
+                            rec_f.write(r.model_dump_json() + "\n")
+                        rec_f.flush()
+                        os.fsync(rec_f.fileno())
+                        # logged after its records are on disk: a logged item is complete
+                        log_f.write(outcome.model_dump_json() + "\n")
+                        log_f.flush()
+                        counts.add(outcome)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(kept=counts.kept)
+
+                run_sync(_collect_all(judge, todo, hint_retry, chunk_size, on_done))
     finally:
         if bar is not None:
             bar.close()
