@@ -1,6 +1,9 @@
 """The meta reward model interface: a scorer of judgments, used to drop bad samples before voting.
 
 Anything with this method works; the trained classifier comes with ``grm_plugin.meta_rm_model``.
+An optional ``identity() -> str`` names what the scores depend on (its weights and input
+settings): the judgment cache keys judgments by it, so that judgments filtered by other weights
+are never reused (``meta_rm_identity``). Without it, judgments are reused within a run only.
 
 Example:
     >>> class LongerIsBetter:
@@ -32,6 +35,27 @@ class MetaRewardModel(Protocol):
         """One score per judgment; ``shown_responses[i]`` are the responses in the order the
         judge saw them when it wrote ``judgments[i]``."""
         ...
+
+
+def meta_rm_identity(meta_rm: MetaRewardModel | None) -> str | None:
+    """What the meta RM's scores depend on, for the judgment cache's key: ``""`` without a
+    meta RM, its class and ``meta_rm.identity()`` when it has that method, else None
+    (unknown).
+
+    >>> class Versioned:
+    ...     def score_judgments(self, prompt, shown_responses, judgments):
+    ...         return [0.0] * len(judgments)
+    ...     def identity(self):
+    ...         return "weights-v2"
+    >>> meta_rm_identity(Versioned()), meta_rm_identity(None)
+    ('Versioned:weights-v2', '')
+    """
+    if meta_rm is None:
+        return ""
+    identity = getattr(meta_rm, "identity", None)
+    if not callable(identity):
+        return None
+    return f"{type(meta_rm).__qualname__}:{identity()}"
 
 
 def rate_samples(

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -455,6 +456,8 @@ class MetaRM:
         p = Path(path)
         if not (p / "config.json").is_file():
             raise FileNotFoundError(f"no saved meta RM in {p} (expected config.json)")
+        self.path = p
+        self._identity: str | None = None
         if output not in ("probability", "logit"):
             raise ValueError("output must be 'probability' or 'logit'")
         if device == "auto":
@@ -464,6 +467,7 @@ class MetaRM:
         self.output = output
         if dtype == "auto":
             dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        self.dtype = dtype
         self.tokenizer = AutoTokenizer.from_pretrained(str(p))
         self.model = (
             AutoModelForSequenceClassification.from_pretrained(str(p), dtype=getattr(torch, dtype))
@@ -491,6 +495,37 @@ class MetaRM:
         if self.model.config.pad_token_id is None:
             # decoder classifiers read the last non-pad token: they must know the pad id
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
+
+    def identity(self) -> str:
+        """What this meta RM's scores depend on, for the judgment cache's key: a SHA-256 of
+        the content of every file in its folder, with the input layout (the chat layout's
+        judge template by its text), input length and dtype. Computed once, on first use.
+
+        Content, not names, sizes or modification times: two fine-tunes of one architecture
+        have weight files of the same size, and copies, archives and containers reset or
+        normalize modification times, so only the bytes tell other weights apart. It is cheap
+        next to what it guards: the hash reads the files once, as loading the model just did
+        (~0.1 s for a MiniLM). The folder, not its path: a moved copy is the same meta RM.
+        """
+        if self._identity is None:
+            from .cache import template_digest
+
+            digest = hashlib.sha256()
+            for f in sorted(q for q in self.path.iterdir() if q.is_file()):
+                digest.update(f"{f.name}\0".encode())
+                with f.open("rb") as fh:
+                    digest.update(hashlib.file_digest(fh, "sha256").digest())
+            settings = {
+                "input": self.input.model_dump(mode="json"),
+                "max_length": self._encoder.max_length,
+                "dtype": self.dtype,
+                "output": self.output,
+            }
+            if self.input.layout is MetaInputLayout.CHAT:
+                settings["judge_template"] = template_digest(self.input.judge_template)
+            digest.update(json.dumps(settings, sort_keys=True).encode())
+            self._identity = digest.hexdigest()
+        return self._identity
 
     def score_judgments(
         self,
@@ -529,8 +564,3 @@ def minilm_path() -> Path | None:
         return None
     folder = Path(list(spec.submodule_search_locations)[0]) / "model"
     return folder if (folder / "config.json").is_file() else None
-
-
-def load_metrics(path: str | Path) -> dict[str, Any]:
-    """The metrics json saved with a meta RM."""
-    return json.loads((Path(path) / METRICS_FILE).read_text())
