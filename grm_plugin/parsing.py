@@ -5,11 +5,16 @@ in that output, not what it says:
 
 - The scores are the judge's final score line: a ``Final Scores: [[...]]`` line (or a line
   ending in ``\\boxed{...}``), at a line start, outside quoted text (``>`` blockquotes, code
-  fences, copied response fences). When the output has such a line, looser ones (``Final
+  fences, and copied fences: only a begin marker carrying the item's own fence code opens one,
+  since a response can forge any other code). When the output has such a line, looser ones (``Final
   Scores: 7, 3``) do not count; the last line of the strongest kind present is the verdict.
 - Nothing score-like may follow the verdict: a judge that quotes a response's ``Scores: 10``
   after its own line, or that was cut off mid-quote, gives no scores (a flagged failure, which
-  is retried), never the quoted number.
+  is retried), never the quoted number. Score text inside inline quotes (``"..."``, curly
+  quotes, backticks) is exempt: that is how judges mention a response's text, and an inline
+  quote is never a verdict, so a judge's note on a response's fake score voids nothing.
+- Every score must lie on the scale (1-10): a judge writing ``[[80, 90]]`` gave no valid
+  scores (a flagged failure, retried), rather than a tie at 10.
 - The principles and the critique come from the judge's own section headers (``Specific
   Criteria:``, ``Analysis:``) at line starts, in that order, outside quoted text; a header that
   first appears inside the analysis (e.g. copied from a response) is not the judge's.
@@ -17,6 +22,9 @@ in that output, not what it says:
   judge echoing a response verbatim) is ignored. This check needs a long stretch of the judge's
   own preceding text to match, so a response cannot void an honest verdict by containing every
   short score list.
+
+Parsing takes time linear in the text, whatever the text (a judge may echo a response built to
+stall a regex): no pattern here has two unbounded repeats that can match the same characters.
 
 Example:
     >>> p = parse_judgment("Specific Criteria: a\\nAnalysis: b\\nFinal Scores: [[7, 3.5]]", 2)
@@ -26,6 +34,10 @@ Example:
     'expected 2 scores, found 1'
     >>> parse_judgment("Final Scores: [[2]]\\n> Scores: 10", 1).scores is None
     True
+    >>> parse_judgment('Final Scores: [[2]]\\nIt wrote "Scores: 10".', 1).scores
+    [2.0]
+    >>> parse_judgment("Final Scores: [[80, 90]]", 2).error
+    'score 80 outside the scale 1-10'
 """
 
 from __future__ import annotations
@@ -55,21 +67,25 @@ def to_unit(score: float) -> float:
 
 _NUM = r"[-+]?\d+(?:\.\d+)?"
 _NUMS = _NUM + r"(?:\s*[,;/]\s*" + _NUM + r")*"
-_LABEL = r"final\s+scores?\s*[*_]*\s*[:=]\s*[*_]*\s*"
+# one character class for the decoration around the colon: "\s*[*_]*\s*" matched n spaces in
+# n^2 ways, which a failing match tried one by one
+_LABEL = r"final\s+scores?[\s*_]*[:=][\s*_]*"
 # decoration a judge may put around its own line (bold, heading, a trailing period); not "-"
-# or ">": a list item or a blockquote is how a judge quotes
-_LEAD = re.compile(r"^[ \t*#_]*")
-_TRAIL = re.compile(r"[ \t*_.]*$")
+# or ">": a list item or a blockquote is how a judge quotes. Stripped with str.strip: a
+# "[...]*$" regex retried from every character of a run that does not end the line.
+_LEAD_CHARS = " \t*#_"
+_TRAIL_CHARS = " \t*_."
 _STRICT = re.compile(r"^" + _LABEL + r"\[\[([^\[\]]*)\]\]$", re.IGNORECASE)
-_LABEL_ONLY = re.compile(r"^final\s+scores?\s*[*_]*\s*[:=]$", re.IGNORECASE)
+_LABEL_ONLY = re.compile(r"^final\s+scores?[\s*_]*[:=]$", re.IGNORECASE)
 _BARE_LIST = re.compile(r"^\[\[([^\[\]]*)\]\]$")
 _BOXED_END = re.compile(r"\\boxed\{([^{}]*)\}$")
 _LOOSE = re.compile(r"^" + _LABEL + r"(?:\[\s*(" + _NUMS + r")\s*\]|(" + _NUMS + r"))$", re.I)
 # anything a reader could take for scores, quoted or not
-_SCORE_LIKE = re.compile(r"\[\[|\\boxed\{|\bscores?\b\s*[*_]*\s*[:=]\s*[*_]*\s*[\[\d+-]", re.I)
+_SCORE_LIKE = re.compile(r"\[\[|\\boxed\{|\bscores?\b[\s*_]*[:=][\s*_]*[\[\d+-]", re.I)
 _FENCE = re.compile(r"^\s*(```|~~~)")
-_MARKER_BEGIN = re.compile(r"<<<\s*(RESPONSE|CONVERSATION|REFERENCE)\b[^>]*\bBEGIN\b[^>]*>>>")
-_MARKER_END = re.compile(r"<<<\s*(RESPONSE|CONVERSATION|REFERENCE)\b[^>]*\bEND\b[^>]*>>>")
+# inline quotes a judge mentions a response's words in: opener -> closer
+_INLINE_QUOTES = {'"': '"', "\u201c": "\u201d", "`": "`"}
+_INLINE_OPEN = re.compile("|".join(map(re.escape, _INLINE_QUOTES)))
 _PRINCIPLES_HEAD = re.compile(
     r"^[ \t*#_]*(?:specific\s+criteria|principles?)[ \t*_]*:[ \t*_]*", re.IGNORECASE
 )
@@ -108,9 +124,22 @@ def _squash(text: str) -> str:
     return re.sub(r"[\s\u200b-\u200d\u2060\ufeff]+", "", text)
 
 
-def _quoted_lines(lines: list[str]) -> list[bool]:
+def _markers(fence_code: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """Begin/end patterns of the prompt's fences carrying ``fence_code``."""
+    code = re.escape(fence_code)
+    label = r"<<<\s*(?:RESPONSE\s+\d+|CONVERSATION|REFERENCE)\s+"
+    return (
+        re.compile(label + r"BEGIN\s+" + code + r"\s*>>>"),
+        re.compile(label + r"END\s+" + code + r"\s*>>>"),
+    )
+
+
+def _quoted_lines(lines: list[str], fence_code: str | None = None) -> list[bool]:
     """Lines that are quoted material, not the judge's own text: blockquotes, code fences and
-    copied response/conversation fences."""
+    fences copied from the prompt. Only markers with the item's own code count: a response
+    that starts with a forged marker must not hide the verdict of a judge that quotes it, and
+    with no code known no marker can be told from a forgery."""
+    begin, end = _markers(fence_code) if fence_code else (None, None)
     out = []
     in_code = in_marker = False
     for line in lines:
@@ -118,17 +147,23 @@ def _quoted_lines(lines: list[str]) -> list[bool]:
             out.append(True)
             in_code = not in_code
             continue
-        if _MARKER_BEGIN.search(line):
+        # a plain substring test first: the code is in almost no line
+        marker = fence_code in line if fence_code else False
+        if marker and begin is not None and begin.search(line):
             in_marker = True
         out.append(in_code or in_marker or line.lstrip().startswith(">"))
-        if _MARKER_END.search(line):
+        if marker and end is not None and end.search(line):
             in_marker = False
     return out
 
 
+def _strip_decoration(line: str) -> str:
+    return line.lstrip(_LEAD_CHARS).rstrip(_TRAIL_CHARS)
+
+
 def _verdict_of(lines: list[str], i: int) -> _Verdict | None:
     """Line ``i`` read as a verdict line of the judge's own, if it is one."""
-    body = _TRAIL.sub("", _LEAD.sub("", lines[i]))
+    body = _strip_decoration(lines[i])
     m = _STRICT.match(body)
     if m:
         return _Verdict(i, m.group(1), _Kind.STRONG)
@@ -138,7 +173,7 @@ def _verdict_of(lines: list[str], i: int) -> _Verdict | None:
     m = _BARE_LIST.match(body)
     if m:  # "Final Scores:" on its own line, the list on the next
         prev = next((j for j in range(i - 1, -1, -1) if lines[j].strip()), None)
-        label = _TRAIL.sub("", _LEAD.sub("", lines[prev])) if prev is not None else ""
+        label = _strip_decoration(lines[prev]) if prev is not None else ""
         if _LABEL_ONLY.match(label):
             return _Verdict(i, m.group(1), _Kind.STRONG)
         return None
@@ -146,6 +181,29 @@ def _verdict_of(lines: list[str], i: int) -> _Verdict | None:
     if m:
         return _Verdict(i, m.group(1) or m.group(2), _Kind.LOOSE)
     return None
+
+
+def _outside_inline_quotes(line: str) -> str:
+    """``line`` without its closed inline quotes (``"..."``, curly quotes, backticks), in one
+    pass: an opener without a closer later on the line is text, and so is every later opener
+    of its kind (so a line of a million unclosed openers costs one search each, not one scan)."""
+    parts = []
+    pos = 0  # start of the text not yet copied
+    at = 0  # where to look for the next opener
+    unclosed: set[str] = set()
+    while (m := _INLINE_OPEN.search(line, at)) is not None:
+        opener = m.group()
+        at = m.end()
+        if opener in unclosed:
+            continue
+        end = line.find(_INLINE_QUOTES[opener], at)
+        if end < 0:
+            unclosed.add(opener)
+            continue
+        parts.append(line[pos : m.start()])
+        pos = at = end + 1
+    parts.append(line[pos:])
+    return " ".join(parts)
 
 
 def _copied(before: str, line: str, quoted: Sequence[str]) -> bool:
@@ -203,22 +261,29 @@ def _to_scores(inner: str, n: int) -> tuple[list[float] | None, str | None]:
         s = s.strip().rstrip(".")
         if not re.fullmatch(_NUM, s):
             return None, f"not a number: {s!r}"
-        out.append(min(SCORE_MAX, max(SCORE_MIN, float(s))))
+        value = float(s)
+        if not SCORE_MIN <= value <= SCORE_MAX:
+            # not clamped: [[80, 90]] is the judge's preference, and clamping made it a tie
+            return None, f"score {s} outside the scale {SCORE_MIN:g}-{SCORE_MAX:g}"
+        out.append(value)
     return out, None
 
 
-def parse_judgment(text: str, n: int, quoted: Sequence[str] = ()) -> ParsedJudgment:
+def parse_judgment(
+    text: str, n: int, quoted: Sequence[str] = (), *, fence_code: str | None = None
+) -> ParsedJudgment:
     """Parse ``n`` scores from the judge's ``text`` (see the module doc for the rules).
 
     ``quoted``: the responses as given and as shown; a verdict line the judge copied from one of
     them together with the text before it (a verbatim echo) is not a verdict.
+    ``fence_code``: the code of the prompt's fence markers; a copied fence with this code is
+    quoted text. Without it no marker-like line opens a quote.
     """
     lines = text.splitlines()
-    mask = _quoted_lines(lines)
+    mask = _quoted_lines(lines, fence_code)
     verdicts = [v for i in range(len(lines)) if not mask[i] and (v := _verdict_of(lines, i))]
-    last_score_like = max(
-        (i for i, line in enumerate(lines) if _SCORE_LIKE.search(line)), default=-1
-    )
+    score_like = [i for i, line in enumerate(lines) if _SCORE_LIKE.search(line)]
+    last_score_like = score_like[-1] if score_like else -1
     verdict = None
     if verdicts:
         strongest = max(v.kind for v in verdicts)
@@ -231,7 +296,9 @@ def parse_judgment(text: str, n: int, quoted: Sequence[str] = ()) -> ParsedJudgm
             else "no final score line of the judge's own (only quoted or inline score text)"
         )
         return ParsedJudgment(None, principles, critique, error)
-    if last_score_like > verdict.line:
+    if any(
+        _SCORE_LIKE.search(_outside_inline_quotes(lines[i])) for i in score_like if i > verdict.line
+    ):
         return ParsedJudgment(
             None,
             principles,

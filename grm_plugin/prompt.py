@@ -30,6 +30,10 @@ _CONTROL_TOKEN = re.compile(r"<(\|[^<>|\n]{1,48}\|>|/?s>|(?:start|end)_of_turn>)
 
 TRUNCATION_MARKER = "[... truncated by grm-plugin: {omitted} of {total} characters omitted ...]"
 
+# a str may hold surrogate code points (JSON "\\ud800", surrogateescape); UTF-8 cannot carry
+# them, so the engine would fail when sending the prompt and be blamed for the caller's input
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
 
 def format_conversation(context: Conversation) -> str:
     """Render a prompt string or a chat message list as plain text."""
@@ -40,6 +44,25 @@ def format_conversation(context: Conversation) -> str:
         role = str(m.get("role", "user")).capitalize()
         lines.append(f"{role}: {m.get('content', '')}")
     return "\n\n".join(lines)
+
+
+def check_text(text: str, what: str) -> None:
+    """Raise ValueError when ``text`` (named ``what`` in the message) cannot be sent to a judge:
+    it holds a surrogate code point, which no UTF-8 encoder accepts.
+
+    Example:
+        >>> check_text("fine", "response 1")
+        >>> check_text("bad \\ud800", "response 2")
+        Traceback (most recent call last):
+        ...
+        ValueError: response 2 is not valid Unicode text: a lone surrogate (U+D800) at character 4
+    """
+    m = _SURROGATE.search(text)
+    if m is not None:
+        raise ValueError(
+            f"{what} is not valid Unicode text: a lone surrogate (U+{ord(m.group()):04X}) at "
+            f"character {m.start()}"
+        )
 
 
 def neutralize_control_tokens(text: str) -> str:

@@ -32,7 +32,7 @@ def test_full_judgment_splits_principles_critique_scores():
         ("## Final Scores: [[7, 3]].", 2, [7.0, 3.0]),
         ("Final Scores:\n[[7, 3]]", 2, [7.0, 3.0]),  # label and list on two lines
         ("Final Scores: [[7, 3]]\n\nThat is all.", 2, [7.0, 3.0]),  # score-free text after
-        ("Final Scores: [[12, 0]]", 2, [10.0, 1.0]),  # clipped to [1, 10]
+        ("Final Scores: [[12, 0]]", 2, None),  # off the 1-10 scale: a failure, not clipped
         ("Final Scores: [[ 3 ; 4 ]]", 2, [3.0, 4.0]),
         ("Final Scores: [[5, 6, 7]]", 3, [5.0, 6.0, 7.0]),
     ],

@@ -97,8 +97,8 @@ def test_default_judge_expected_scores_come_from_its_own_distribution():
         assert d is not None and 0.0 < d.mass <= 1.0 + 1e-6
         written = re.match(r"\d+(?:\.\d+)?", s.text[start:]).group()
         if float(written) not in range(2, 10):
-            # out of scale ("100", "0": the parser clamps them) or 1 / 10 (greedy picked the
-            # token "1"; which of 1 / 10 followed is a second step): not one value's mode
+            # 1 / 10 (greedy picked the token "1"; which of 1 / 10 followed is a second step) or
+            # a fraction: not one value's mode (off-scale scores do not parse at all)
             continue
         # greedy decoding wrote the most likely value, so the distribution's mode is that value
         assert d.mass >= 0.5 and max(d.probs, key=d.probs.get) == int(written), (written, d.probs)

@@ -8,7 +8,8 @@ your own ``.jinja`` file. A name may carry its version (``grm-plugin@1``); a wro
 Placeholders a template gets (the first three are required; a template that does not use them
 is refused when it is loaded):
 
-- ``conversation``: the query / chat context, already fenced by begin/end markers with the code.
+- ``conversation``: the query / chat context, already fenced by begin/end markers with the code
+  (control tokens neutralized).
 - ``responses``: a list, in the order shown to the judge; each has ``index`` (1-based) and
   ``fenced`` (the response between ``<<<RESPONSE i BEGIN code>>>`` and ``<<<RESPONSE i END
   code>>>``, control tokens neutralized). The raw text is not offered: fencing is ours.
@@ -21,6 +22,12 @@ is refused when it is loaded):
 ``{% set system %}...{% endset %}`` at the top level makes a system message; the rest of the
 rendered text is the user message. Whatever the template, every response's fenced block must
 appear in the rendered prompt unchanged (checked on every render).
+
+Every text from the caller (conversation, responses, reference, rubric) has its chat control
+strings neutralized before any template sees it. Templates render in Jinja2's
+``SandboxedEnvironment``: a file reaching for Python internals (``__subclasses__``,
+``__globals__``) is refused with a ``TemplateError`` when it is loaded (a sample item is rendered
+then) or, for code only other data reaches, when it renders.
 
 Example:
     >>> t = load_template("deepseek-grm")
@@ -41,6 +48,7 @@ from pathlib import Path
 
 import jinja2
 import jinja2.meta
+import jinja2.sandbox
 
 from ..prompt import Conversation, Message, format_conversation, neutralize_control_tokens
 
@@ -92,14 +100,21 @@ class _Shown:
 
 
 def _env() -> jinja2.Environment:
-    # StrictUndefined: a misspelt placeholder fails loudly instead of rendering as ""
-    return jinja2.Environment(
+    # StrictUndefined: a misspelt placeholder fails loudly instead of rendering as ""; sandboxed:
+    # a template file is code from wherever the config points, and must not reach Python
+    # internals (``__subclasses__``, ``__globals__``: os.system)
+    return jinja2.sandbox.SandboxedEnvironment(
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=False,
         autoescape=False,
     )
+
+
+def _data(text: str) -> str:
+    """Text from the caller, as the judge's prompt carries it: control strings neutralized."""
+    return neutralize_control_tokens(text)
 
 
 def fence(kind: str, text: str, nonce: str, index: int | None = None) -> str:
@@ -138,6 +153,19 @@ class JudgeTemplate:
             )
         self.uses_hint = "hint" in used
         self._template = env.from_string(source)
+        # one render with every optional part given, so that code the sandbox refuses fails at
+        # load time (code only other data reaches is refused when that data comes, by render)
+        try:
+            self.render(
+                "Q",
+                ["A", "B"],
+                nonce="0" * 8,
+                principles="P",
+                reference="R",
+                hint_best=0 if self.uses_hint else None,
+            )
+        except jinja2.TemplateError as e:
+            raise TemplateError(f"{origin}: the template fails on a sample item: {e}") from e
 
     @property
     def ref(self) -> str:
@@ -161,22 +189,27 @@ class JudgeTemplate:
         if hint_best is not None and not self.uses_hint:
             raise TemplateError(f"{self.origin}: a hint was asked for, but the template has no "
                                 "{{ hint }} placeholder")  # fmt: skip
+        # every text that reaches the prompt, whoever wrote it (earlier assistant turns, a
+        # dataset's reference, a rubric), goes through _data: a control string in any of them
+        # would end the judge's user turn as surely as one in a response
         shown = [
-            _Shown(i, fence("RESPONSE", neutralize_control_tokens(r), nonce, i))
+            _Shown(i, fence("RESPONSE", _data(r), nonce, i))
             for i, r in enumerate(responses, start=1)
         ]
-        module = self._template.make_module(
-            {
-                "conversation": fence("CONVERSATION", format_conversation(context), nonce),
-                "responses": shown,
-                "score_slots": ", ".join(f"<score of response {s.index}>" for s in shown),
-                "n": len(shown),
-                "fence_code": nonce,
-                "rubric": principles.strip() if principles else None,
-                "reference": fence("REFERENCE", reference, nonce) if reference else None,
-                "hint": None if hint_best is None else hint_best + 1,
-            }
-        )
+        values = {
+            "conversation": fence("CONVERSATION", _data(format_conversation(context)), nonce),
+            "responses": shown,
+            "score_slots": ", ".join(f"<score of response {s.index}>" for s in shown),
+            "n": len(shown),
+            "fence_code": nonce,
+            "rubric": _data(principles.strip()) if principles else None,
+            "reference": fence("REFERENCE", _data(reference), nonce) if reference else None,
+            "hint": None if hint_best is None else hint_best + 1,
+        }
+        try:
+            module = self._template.make_module(values)
+        except jinja2.exceptions.SecurityError as e:
+            raise TemplateError(f"{self.origin}: unsafe template code refused: {e}") from e
         user = str(module).strip()
         for s in shown:
             if s.fenced not in user:
