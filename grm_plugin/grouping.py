@@ -11,7 +11,8 @@ them in one call:
 - a group that closes with one item is judged pointwise, as without the batcher;
 - identical responses in a group are shown to the judge once and share the score;
 - every item gets an answer by its own deadline: a group judgment still running then answers
-  that item with a timeout failure.
+  that item with a timeout failure; the judgment itself runs until the latest deadline of its
+  members, so a member with little time left does not cost the others their judgment.
 
 A group is split when its items do not reach the same batcher within one window (different
 processes or servers, or generation times further apart than the window): the parts are judged
@@ -38,12 +39,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from .prompt import Conversation
 from .results import FailureKind, JudgmentResult
-from .reward import GenerativeRewardFn, validate_item
+from .reward import GenerativeRewardFn, failure_of, validate_item
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,52 @@ class GroupStats:
     groups_by_size: dict[int, int] = field(default_factory=dict)
 
 
+#: failures of the input, not of the judge: they say nothing about whether the judge works
+_INPUT_FAILURES = frozenset({FailureKind.BAD_INPUT, FailureKind.EMPTY})
+
+
+class RecentJudgments:
+    """The outcomes of the last ``size`` judge calls: whether the judge works now (a server's
+    ``/health``). Failures of the input (bad input, empty responses) are not counted.
+
+    Example:
+        >>> recent = RecentJudgments(size=4)
+        >>> down = JudgmentResult(failed=True, failure_kind=FailureKind.ENGINE, error="down")
+        >>> for result in (JudgmentResult(scores=[7.0]), down, down, down, down):
+        ...     recent.record(result)
+        >>> recent.count, recent.failed, recent.success_rate, recent.failing()  # the last 4
+        (4, 4, 0.0, True)
+    """
+
+    def __init__(self, size: int = 32) -> None:
+        self._failed: deque[bool] = deque(maxlen=size)
+        self.last_error: str | None = None
+
+    def record(self, result: JudgmentResult) -> None:
+        if result.failed and result.failure_kind in _INPUT_FAILURES:
+            return
+        self._failed.append(result.failed)
+        if result.failed:
+            self.last_error = result.error
+
+    @property
+    def count(self) -> int:
+        return len(self._failed)
+
+    @property
+    def failed(self) -> int:
+        return sum(self._failed)
+
+    @property
+    def success_rate(self) -> float | None:
+        """Share of the recent judgments that gave scores (None: none yet)."""
+        return (self.count - self.failed) / self.count if self._failed else None
+
+    def failing(self, min_count: int = 3) -> bool:
+        """True when at least ``min_count`` judgments were made recently and all failed."""
+        return self.count >= min_count and self.failed == self.count
+
+
 @dataclass
 class _Group:
     key: Hashable | None
@@ -133,6 +181,7 @@ class GroupBatcher:
         self.max_size = max_size
         self.max_concurrent = max_concurrent
         self.stats = GroupStats()
+        self.recent = RecentJudgments()
         self._open: dict[Hashable, _Group] = {}
         self._slots: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -151,6 +200,8 @@ class GroupBatcher:
             )
         except asyncio.TimeoutError:
             result = _failed(FailureKind.TIMEOUT, f"no judgment within {timeout:.1f}s")
+        if not result.votes:  # the batcher's own failures: the voting-sum scale needs the judge's k
+            result = result.model_copy(update={"votes": getattr(self.rm, "votes", 0)})
         return Judged(result, group.members[position], tuple(group.members), position)
 
     # ------------------------------------------------------------------------------ internals
@@ -188,8 +239,10 @@ class GroupBatcher:
     async def _run(self, group: _Group) -> None:
         n = len(group.items)
         self.stats.groups_by_size[n] = self.stats.groups_by_size.get(n, 0) + 1
-        # the earliest deadline: every item of the group is answered by its own deadline
-        budget = min(group.deadlines) - time.monotonic()
+        # the latest deadline, not the earliest: each item is answered by its own deadline
+        # anyway (``judge``), so a member with little time left (a late joiner, a client whose
+        # body took long) times out alone while the others of its prompt still get the judgment
+        budget = max(group.deadlines) - time.monotonic()
         try:
             validate_item(group.prompt, group.responses, group.reference)
         except (TypeError, ValueError) as e:
@@ -203,7 +256,9 @@ class GroupBatcher:
             result = _failed(FailureKind.TIMEOUT, "the group's deadline passed while judging")
         except Exception as e:  # noqa: BLE001 - a judge problem is a failed judgment, not a crash
             log.warning("judging a group of %d failed: %s: %s", n, type(e).__name__, e)
-            result = _failed(FailureKind.ENGINE, f"{type(e).__name__}: {e}")
+            # the core's classification, so the server and score_batch agree on whose fault
+            result = _failed(*failure_of(e))
+        self.recent.record(result)
         assert group.done is not None
         if not group.done.done():
             group.done.set_result(result)

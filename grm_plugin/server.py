@@ -2,14 +2,16 @@
 
 A ``RewardProtocol`` (one per framework, living with its adapter) turns the framework's request
 body into ``RewardItem``s and their judgments into the framework's answer; this module does the
-rest: the token, body limits, JSON decoding off the event loop, the request deadline, and the
-``GroupBatcher`` that judges items sharing a prompt together. Protocols are found by name
+rest: the token, body limits, JSON decoding off the event loop (bounded: a list longer than
+``max_queries`` stops the reading), the request deadline, and the ``GroupBatcher`` that judges
+items sharing a prompt together. Protocols are found by name
 (``load_protocol("openrlhf")``), imported only when asked for: the core imports no adapter.
 
 Every request a framework's client can send gets HTTP 200 within the deadline: a judge failure
 or the deadline gives the protocol's failure answer, flagged. Only requests no such client sends
 (bad JSON, wrong types, too large, no token) get a 4xx. GET ``/health`` says whether the engine
-works.
+works and how many recent judgments gave scores: it is 503 when the engine is down or when all
+recent judgments failed.
 
 Example:
     >>> from fastapi.testclient import TestClient
@@ -31,6 +33,7 @@ import importlib
 import json
 import logging
 import math
+import re
 import secrets
 import time
 from abc import ABC, abstractmethod
@@ -41,8 +44,9 @@ from typing import Any, ClassVar
 
 import yaml
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from starlette.requests import ClientDisconnect
 
 from .config import JudgeConfig
 from .grouping import GroupBatcher, Judged, RewardItem
@@ -69,7 +73,10 @@ class RewardProtocol(ABC):
     """A framework's reward wire format. Subclasses live with their adapter.
 
     ``decode`` runs in a worker thread (it may cut and search megabytes of text); ``encode`` and
-    ``failure`` run on the event loop and must be cheap.
+    ``failure`` run on the event loop and must be cheap. ``decode`` gets no body whose top-level
+    list (or a list value of its top-level object) is longer than the server's ``max_queries``:
+    such a body is refused (413) while it is read, as every wire format so far is parallel
+    lists with one entry per item.
     """
 
     #: the name ``grm-plugin serve --protocol`` and config files use
@@ -120,10 +127,23 @@ def _finite(value: float | None) -> float | None:
     return value
 
 
+def normalize_token(token: str) -> str:
+    """A token as HTTP carries it: without surrounding whitespace, which a header value loses on
+    the way (and a token file's newline is no part of the token). Applied to the configured token
+    and to the one a request presents, so the two are always compared alike.
+
+    Example:
+        >>> normalize_token(" s3cret\\n")
+        's3cret'
+    """
+    return token.strip()
+
+
 class ServerSettings(BaseModel):
     """Settings of ``grm-plugin serve`` (the ``server`` section of a plugin config file)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # hide_input_in_errors: a refused token must not be printed in the error
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     protocol: str = Field("openrlhf", description="wire format (a key of PROTOCOLS)")
     host: str = Field("127.0.0.1", description="loopback by default: the reward is not public")
@@ -136,9 +156,10 @@ class ServerSettings(BaseModel):
     deadline: float | None = Field(
         None,
         gt=0,
-        description="seconds from a request's arrival to its answer: group window, wait for a "
-        "judging slot and the judgment (which the judge config's deadline.item may bound "
-        "further); then the failure answer. None: the protocol's (OpenRLHF: 150)",
+        description="seconds from a request's complete body to its answer: group window, wait "
+        "for a judging slot and the judgment (which the judge config's deadline.item may bound "
+        "further); then the failure answer. The body has as long again to arrive (else 408). "
+        "None: the protocol's (OpenRLHF: 150)",
     )
     group_window: float = Field(
         0.5,
@@ -166,10 +187,22 @@ class ServerSettings(BaseModel):
 
     @field_validator("token")
     @classmethod
-    def _no_empty_token(cls, v: str | None) -> str | None:
+    def _usable_token(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = normalize_token(v)
         # "" would make every request without a token match it: auth silently off
-        if v is not None and not v.strip():
+        if not v:
             raise ValueError("the token is empty: give a real token, or none to serve without one")
+        # a header value is decoded as latin-1 and a client encodes it as it likes: anything
+        # beyond printable ASCII never matches as Bearer, so every request would get 401
+        bad = next((i for i, c in enumerate(v) if not (c.isascii() and c.isprintable())), None)
+        if bad is not None:
+            raise ValueError(
+                f"the token has a character HTTP headers cannot carry (position {bad + 1}): "
+                "use printable ASCII only, e.g. python -c 'import secrets; "
+                "print(secrets.token_hex(16))'"
+            )
         return v
 
     @model_validator(mode="after")
@@ -207,10 +240,115 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _decode_json(body: bytes) -> Any:
-    """JSON from a body; ``ProtocolError`` (400) for anything the parser refuses."""
+class TooManyItems(ValueError):
+    """A list (``what``: "queries") or the top-level object ("fields") of the body has more
+    than ``limit`` entries (``loads_bounded``)."""
+
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__(f"more than {limit} {what}")
+        self.what = what
+        self.limit = limit
+
+
+#: keys of a body's top-level object at most (OpenRLHF sends 3): each is read in Python
+MAX_FIELDS = 256
+
+
+_DECODER = json.JSONDecoder()
+_SPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace
+
+
+def loads_bounded(text: str, max_items: int) -> Any:
+    """``json.loads(text)``, except that the top-level list, or each list value of the top-level
+    object, is read one element at a time and ``TooManyItems`` is raised at element
+    ``max_items + 1`` (and at key ``MAX_FIELDS + 1`` of the object): a body of millions of
+    entries costs no more than ``max_items`` of them. Everything else (the elements themselves)
+    is read by ``json``'s own decoder.
+
+    Example:
+        >>> loads_bounded('{"query": ["a", "b"], "labels": [{"k": [1, 2, 3]}, null]}', 2)
+        {'query': ['a', 'b'], 'labels': [{'k': [1, 2, 3]}, None]}
+        >>> loads_bounded('{"query": ["a", "b", "c"]}', 2)
+        Traceback (most recent call last):
+        ...
+        grm_plugin.server.TooManyItems: more than 2 queries
+    """
+    at = _SPACE.match(text).end()  # type: ignore[union-attr] - * always matches
+    if text.startswith("{", at):
+        value, at = _object(text, at, max_items)
+    elif text.startswith("[", at):
+        value, at = _array(text, at, max_items)
+    else:
+        value, at = _scan(text, at)
+    at = _SPACE.match(text, at).end()  # type: ignore[union-attr]
+    if at != len(text):
+        raise json.JSONDecodeError("Extra data", text, at)
+    return value
+
+
+def _scan(text: str, at: int) -> tuple[Any, int]:
+    return _DECODER.raw_decode(text, _SPACE.match(text, at).end())  # type: ignore[union-attr]
+
+
+def _expect(text: str, at: int, what: str, message: str) -> int:
+    """The index after ``what`` (whitespace before it skipped), else JSONDecodeError."""
+    at = _SPACE.match(text, at).end()  # type: ignore[union-attr]
+    if not text.startswith(what, at):
+        raise json.JSONDecodeError(message, text, at)
+    return at + 1
+
+
+def _array(text: str, at: int, max_items: int) -> tuple[list[Any], int]:
+    out: list[Any] = []
+    after = _SPACE.match(text, at + 1).end()  # type: ignore[union-attr]
+    if text.startswith("]", after):
+        return out, after + 1
+    at += 1
+    while True:
+        if len(out) == max_items:
+            raise TooManyItems("queries", max_items)
+        value, at = _scan(text, at)
+        out.append(value)
+        at = _SPACE.match(text, at).end()  # type: ignore[union-attr]
+        if text.startswith("]", at):
+            return out, at + 1
+        at = _expect(text, at, ",", "Expecting ',' delimiter")
+
+
+def _object(text: str, at: int, max_items: int) -> tuple[dict[str, Any], int]:
+    out: dict[str, Any] = {}
+    after = _SPACE.match(text, at + 1).end()  # type: ignore[union-attr]
+    if text.startswith("}", after):
+        return out, after + 1
+    at += 1
+    while True:
+        if len(out) == MAX_FIELDS:
+            raise TooManyItems("fields", MAX_FIELDS)
+        at = _SPACE.match(text, at).end()  # type: ignore[union-attr]
+        if not text.startswith('"', at):
+            raise json.JSONDecodeError(
+                "Expecting property name enclosed in double quotes", text, at
+            )
+        key, at = _DECODER.raw_decode(text, at)
+        at = _expect(text, at, ":", "Expecting ':' delimiter")
+        at = _SPACE.match(text, at).end()  # type: ignore[union-attr]
+        if text.startswith("[", at):
+            out[key], at = _array(text, at, max_items)
+        else:
+            out[key], at = _scan(text, at)
+        at = _SPACE.match(text, at).end()  # type: ignore[union-attr]
+        if text.startswith("}", at):
+            return out, at + 1
+        at = _expect(text, at, ",", "Expecting ',' delimiter")
+
+
+def _decode_json(body: bytes, max_items: int) -> Any:
+    """JSON from a body; ``ProtocolError`` (400) for anything the parser refuses, 413 for a list
+    of more than ``max_items`` entries (found before the rest of it is read)."""
     try:
-        return json.loads(body.decode("utf-8"))
+        return loads_bounded(body.decode("utf-8"), max_items)
+    except TooManyItems as e:
+        raise ProtocolError(413, f"{e} in one request") from None
     except UnicodeDecodeError:
         raise ProtocolError(400, "request body is not UTF-8") from None
     except json.JSONDecodeError as e:
@@ -238,7 +376,7 @@ def _authorized(request: Request, token: str | None) -> bool:
     elif scheme != "bearer":
         given = request.query_params.get("token", "")
     # compare_digest: the time taken does not tell how much of the token was right
-    return secrets.compare_digest(given.strip().encode(), token.encode())
+    return secrets.compare_digest(normalize_token(given).encode(), token.encode())
 
 
 def create_app(
@@ -285,13 +423,22 @@ def create_app(
         # answer would be a fallback while the orchestrator's probe says ok
         report = rm.engine.health()
         body["engine"] = {"ok": report.ok, "reason": report.reason}
+        # nor a judge whose every recent judgment failed (a judge server down or overloaded,
+        # a model that writes no score): the engine object may be fine while no reward is real
+        recent = batcher.recent
+        body["judge"] = {
+            "recent": recent.count,
+            "failed": recent.failed,
+            "success_rate": recent.success_rate,
+            "last_error": recent.last_error,
+        }
         if not report.ok:
             body["status"] = "engine down"
-            return JSONResponse(body, status_code=503)
-        return JSONResponse(body)
+        elif recent.failing():
+            body["status"] = "judge failing"
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
-    async def get_reward(request: Request) -> JSONResponse:
-        started = time.monotonic()
+    async def get_reward(request: Request) -> Response:
         # before anything else, the body included: a stranger costs no work and no memory
         if not _authorized(request, settings.token):
             return JSONResponse(
@@ -307,10 +454,20 @@ def create_app(
             return _error(413, f"request body larger than {settings.max_body_bytes} bytes")
         except asyncio.TimeoutError:
             return _error(408, f"request body not received within {deadline:.0f}s")
+        except ClientDisconnect:
+            # a rollout worker stopped or restarted: nobody to answer, nothing went wrong here
+            log.info("a client disconnected before sending its whole request body")
+            return Response(status_code=400)
+        # the deadline runs from the complete body, not from the headers: the client's own
+        # timeout (OpenRLHF's read timeout) starts once it has sent the body, and a client
+        # uploading slowly must not bring forward the deadline of the group it joins
+        started = time.monotonic()
         try:
             # decoding and the protocol's text work may take a while on megabytes: a thread,
             # so other requests are answered meanwhile
-            items, req_state = await asyncio.to_thread(_prepare, protocol, body)
+            items, req_state = await asyncio.to_thread(
+                _prepare, protocol, body, settings.max_queries
+            )
         except ProtocolError as e:
             extra = {"detail": e.detail} if e.detail is not None else {}
             return _error(e.status, e.message, **extra)
@@ -337,8 +494,8 @@ def create_app(
     return app
 
 
-def _prepare(protocol: RewardProtocol, body: bytes) -> tuple[list[RewardItem], Any]:
-    return protocol.decode(_decode_json(body))
+def _prepare(protocol: RewardProtocol, body: bytes, max_items: int) -> tuple[list[RewardItem], Any]:
+    return protocol.decode(_decode_json(body, max_items))
 
 
 # ---------------------------------------------------------------------------------- config file
@@ -354,7 +511,7 @@ def plugin_sections(
 
         judge:
           engine: {type: openai, base_url: http://127.0.0.1:8000/v1}
-        openrlhf: {fallback_reward: 0.0}
+        openrlhf: {policy: {on_failure: fallback, fallback: 0.0}}
         server: {port: 5000, group_window: 0.5}
 
     Example:

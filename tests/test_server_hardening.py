@@ -168,12 +168,11 @@ def test_the_token_is_checked_before_the_body():
 
 @pytest.fixture
 def fake_uvicorn(monkeypatch: pytest.MonkeyPatch) -> dict:
-    """``grm-plugin serve`` up to uvicorn.run, with a rule judge; returns run's arguments."""
+    """``grm-plugin serve`` up to running uvicorn, with a rule judge; returns its arguments."""
     pytest.importorskip("uvicorn")
-    import uvicorn
 
     seen: dict = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw, app=app))
+    monkeypatch.setattr(serve_mod, "run_uvicorn", lambda app, path, **kw: seen.update(kw, app=app))
     monkeypatch.setattr(
         GenerativeRewardFn,
         "from_config",

@@ -11,13 +11,11 @@ is imported when the command runs, never when this module is imported.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import math
 import os
+import socket
 import sys
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import JudgeConfig, TransformersEngineConfig
@@ -120,13 +118,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _judge_config(args: argparse.Namespace, judge_section: JudgeConfig) -> JudgeConfig:
     """The file's judge section with the judge flags applied on top."""
-    # judge_config_from_args reads a plain JudgeConfig file, so the section goes through one
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "judge.json"
-        path.write_text(judge_section.model_dump_json())
-        ns = copy.copy(args)
-        ns.config = str(path)
-        return judge_config_from_args(ns)
+    return judge_config_from_args(args, base=judge_section)
 
 
 def apply_batching(args: argparse.Namespace, cfg: JudgeConfig) -> JudgeConfig:
@@ -172,11 +164,13 @@ def protocol_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def resolve_token(args: argparse.Namespace) -> str | None:
     """--token, else $GRM_PLUGIN_TOKEN; a given but empty one is an error (it would turn the
     check off, or match every request without a token)."""
+    from ..server import normalize_token
+
     if args.token is not None:
         token, source = args.token, "--token"
     else:
         token, source = os.environ.get(TOKEN_ENV), f"${TOKEN_ENV}"
-    if token is not None and not token.strip():
+    if token is not None and not normalize_token(token):
         raise ValueError(
             f"{source} is set but empty: give a real token (e.g. "
             "python -c 'import secrets; print(secrets.token_hex(16))'), or unset it to serve "
@@ -212,7 +206,7 @@ def build_settings(args: argparse.Namespace, server_section: dict) -> ServerSett
 
 def run(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - a clear message now, not at the end of the model load
 
         from ..http_guard import default_max_connections, guarded_h11
         from ..server import create_app, load_protocol, plugin_sections
@@ -241,8 +235,9 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(rm, protocol, settings)
     deadline = settings.deadline or protocol.default_deadline
     level = logging.getLogger().getEffectiveLevel()
-    uvicorn.run(
+    run_uvicorn(
         app,
+        protocol.paths[0],
         host=settings.host,
         port=settings.port,
         log_level="info" if level <= logging.INFO else "warning",
@@ -262,3 +257,25 @@ def run(args: argparse.Namespace) -> int:
         access_log=False,
     )
     return 0
+
+
+def run_uvicorn(app: Any, path: str, **config: Any) -> None:
+    """``uvicorn.run(app, **config)`` that also prints ``grm-plugin: listening on <URL>`` (the
+    URL of ``path``) once the socket accepts connections: uvicorn says so only at log level info,
+    and a user (or a script) waiting for the server should not have to poll it."""
+    import uvicorn
+
+    class AnnouncingServer(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started and self.servers and self.servers[0].sockets:
+                # the bound address: with --port 0 the port the system picked
+                host, port = self.servers[0].sockets[0].getsockname()[:2]
+                host = f"[{host}]" if ":" in host else host
+                url = f"http://{host}:{port}{path}"
+                print(f"grm-plugin: listening on {url}", file=sys.stderr, flush=True)
+
+    server = AnnouncingServer(uvicorn.Config(app, **config))
+    server.run()
+    if not server.started:  # as uvicorn.run: a server that never started is a failed start
+        sys.exit(3)
