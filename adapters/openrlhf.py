@@ -10,9 +10,10 @@ calling ``reward_func(queries, prompts, labels)`` from a ``.py`` file
 - ``labels``: the dataset's label, "" when there is none; a non-empty label becomes the reference.
 
 and want ``{"rewards": [...], "scores": [...], "extra_logs": {...}}`` back, one entry per query.
-This module is only that translation (``OpenRLHFProtocol``): what a judgment is worth is the
-core's ``RewardPolicy``, grouping the samples of a prompt is the core's ``GroupBatcher``, HTTP is
-the core's server. A judge failure never raises: OpenRLHF needs a number, so a failed sample
+This module is only that translation (``OpenRLHFProtocol``): what a judged group gives each of
+its samples is the core's ``grm_plugin.group_rewards`` (the ``RewardPolicy``, as for trl and
+verl), grouping the samples of a prompt is the core's ``GroupBatcher``, HTTP is the core's
+server. A judge failure never raises: OpenRLHF needs a number, so a failed sample
 gets the policy's ``fill`` (the mean of its group's other rewards, else the fallback), flagged.
 
 Example:
@@ -42,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, m
 
 from grm_plugin.config import CONFIG_ENV, JudgeConfig
 from grm_plugin.engines import JudgeEngine
+from grm_plugin.group_rewards import group_rewards, judged_reward
 from grm_plugin.grouping import GroupBatcher, Judged, RewardItem
 from grm_plugin.policy import REWARD_KEYS, RewardPolicy, RewardValue
 from grm_plugin.prompt import Conversation
@@ -256,6 +258,7 @@ class _Decoded:
     mismatch: tuple[bool, ...]
     truncated: tuple[bool, ...]
     no_prompt: tuple[bool, ...]
+    empty: tuple[bool, ...]
 
 
 class OpenRLHFProtocol(RewardProtocol):
@@ -327,7 +330,7 @@ class OpenRLHFProtocol(RewardProtocol):
         n = len(request.query)
         prompts = request.prompts or [None] * n
         labels = request.labels or [None] * n
-        items, mismatch, truncated, no_prompt = [], [], [], []
+        items, mismatch, truncated, no_prompt, empty = [], [], [], [], []
         for i, (query, prompt, label) in enumerate(
             zip(request.query, prompts, labels, strict=True)
         ):
@@ -349,26 +352,22 @@ class OpenRLHFProtocol(RewardProtocol):
             mismatch.append(bool(prompt) and not found)
             truncated.append(cut)
             no_prompt.append(not context)
-        return items, _Decoded(n, tuple(mismatch), tuple(truncated), tuple(no_prompt))
+            empty.append(not response.strip())
+        decoded = _Decoded(n, *map(tuple, (mismatch, truncated, no_prompt, empty)))
+        return items, decoded
 
     def encode(self, state: _Decoded, judged: Sequence[Judged]) -> dict[str, Any]:
         rows = []
         for i, j in enumerate(judged):
-            value, reward = self._value(j)
+            # OpenRLHF needs a number: a failure gets the policy's fill from its group
+            sample = judged_reward(self.policy, j, empty=state.empty[i])
+            value = sample.value
+            if value.failed:
+                log.warning("no reward from the judge: %s", value.error)
             value.truncated = value.truncated or state.truncated[i]
             value.no_prompt = state.no_prompt[i]
-            rows.append((value, reward, j.distinct))
+            rows.append((value, sample.reward, sample.group_size))
         return self._answer(rows, state)
-
-    def _value(self, judged: Judged) -> tuple[RewardValue, float]:
-        """This item's value and reward; a failure is filled from its group (OpenRLHF needs a
-        number): the mean of the group's other rewards (zero advantage), else the fallback."""
-        per_response = self.policy.apply(judged.result, max(judged.distinct, 1))
-        members = [per_response[min(m, len(per_response) - 1)] for m in judged.members]
-        mine = members[judged.position]
-        if mine.failed:
-            log.warning("no reward from the judge: %s", mine.error)
-        return mine, self.policy.fill(members)[judged.position]
 
     def _answer(
         self, rows: Sequence[tuple[RewardValue, float, int]], state: _Decoded
@@ -384,9 +383,12 @@ class OpenRLHFProtocol(RewardProtocol):
         return OpenRLHFResponse(rewards=rewards, scores=list(rewards), extra_logs=logs).model_dump()
 
     def failure(self, state: _Decoded, kind: FailureKind, error: str) -> dict[str, Any]:
-        value = self.policy.apply(JudgmentResult(failed=True, failure_kind=kind, error=error), 1)[0]
-        row = (value, self.policy.fill([value])[0], 0)
-        return self._answer([row] * state.n, state)
+        rows = []
+        for i in range(state.n):
+            result = JudgmentResult(failed=True, failure_kind=kind, error=error)
+            sample = group_rewards(self.policy, result, [0], [state.empty[i]])[0]
+            rows.append((sample.value, sample.reward, 0))
+        return self._answer(rows, state)
 
 
 # ------------------------------------------------------------------------------ in-process use

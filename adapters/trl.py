@@ -2,12 +2,12 @@
 
 ``GRMReward`` is an object with an ``async def __call__``; trl (>= 1.16) detects that with
 ``trl.trainer.utils.is_async_callable`` and awaits it on its background event loop, so judge
-requests overlap with other async reward functions. Completions of the same prompt are judged
-together (listwise, in chunks of ``group_size``), which gives scores that compare the members of
-a GRPO group with each other; identical completions are judged once. What a score is worth and
-what a failure or an empty completion gets is the ``grm_plugin.policy.RewardPolicy``: by default
-a completion the judge could not score gets ``None`` (trl leaves it out of that reward instead
-of stopping training).
+requests overlap with other async reward functions. The contiguous completions of one prompt
+(trl's GRPO group) are judged together, listwise, which gives scores that compare the members
+of a group with each other; identical completions are judged once. What a score is worth and
+what a failure or an empty completion gets is the ``grm_plugin.policy.RewardPolicy``, applied
+by ``grm_plugin.group_rewards`` as in every adapter: by default a completion the judge could not
+score gets ``None`` (trl leaves it out of that reward instead of stopping training).
 
 This module does not import trl: it only follows trl's reward-function contract.
 
@@ -15,7 +15,7 @@ Example:
     >>> import asyncio
     >>> from grm_plugin.adapters.trl import GRMReward
     >>> from grm_plugin.testing import RuleJudgeEngine
-    >>> reward = GRMReward(engine=RuleJudgeEngine(), group_size=2)  # real use: a server URL
+    >>> reward = GRMReward(engine=RuleJudgeEngine())  # real use: a config file or server URL
     >>> asyncio.run(reward(prompts=["Say hi"] * 2, completions=["hi", "hello there"]))
     [0.2222222222222222, 1.0]
     >>> # trainer = GRPOTrainer(model=..., reward_funcs=[reward], train_dataset=...)
@@ -23,21 +23,26 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..cache import TRAINING_CACHE, with_training_cache
-from ..config import JudgeConfig, judge_config_from_env
-from ..engines import EngineSpec, JudgeEngine, make_engine
-from ..policy import RewardPolicy, RewardValue, summarize
-from ..results import FailureKind, JudgmentResult
-from ..reward import GenerativeRewardFn, run_sync
+# absolute imports: this file is also collected as ``adapters/trl.py`` (doctests over adapters/)
+from grm_plugin.cache import TRAINING_CACHE, with_training_cache
+from grm_plugin.config import JudgeConfig, judge_config_from_env
+from grm_plugin.engines import EngineSpec, JudgeEngine, make_engine
+from grm_plugin.group_rewards import (
+    Group,
+    SampleReward,
+    balanced_chunks,
+    judge_groups,
+    unjudged_groups,
+)
+from grm_plugin.policy import RewardPolicy, summarize
+from grm_plugin.reward import GenerativeRewardFn, run_sync
 
 log = logging.getLogger(__name__)
 
@@ -87,60 +92,24 @@ def _completion_text(completion: Any) -> str:
     return str(completion)
 
 
-def _balanced_chunks(start: int, stop: int, size: int) -> list[range]:
-    """Split [start, stop) into ceil(n/size) chunks of near-equal length (5 by 4 -> 3 + 2, not
-    4 + 1: a lone completion would be judged pointwise, unlike its neighbours)."""
-    n = stop - start
-    k = max(1, math.ceil(n / size))
-    base, extra = divmod(n, k)
-    out, i = [], start
-    for j in range(k):
-        length = base + (1 if j < extra else 0)
-        out.append(range(i, i + length))
-        i += length
-    return out
-
-
-def group_indices(keys: Sequence[Any], size: int) -> list[range]:
-    """Chunks of contiguous equal keys, each at most ``size`` long.
+def group_indices(keys: Sequence[Any], size: int | None = None) -> list[range]:
+    """Runs of contiguous equal keys, each in near-equal chunks of at most ``size`` (None: whole).
 
     Example:
         >>> [list(r) for r in group_indices(["a", "a", "a", "b", "a"], 2)]
         [[0, 1], [2], [3], [4]]
+        >>> [list(r) for r in group_indices(["a", "a", "a", "b", "a"])]
+        [[0, 1, 2], [3], [4]]
     """
     chunks: list[range] = []
     start = 0
     for i in range(1, len(keys) + 1):
         if i == len(keys) or keys[i] != keys[start]:
-            chunks += _balanced_chunks(start, i, size)
+            chunks += [
+                range(start + c.start, start + c.stop) for c in balanced_chunks(i - start, size)
+            ]
             start = i
     return chunks
-
-
-def _chunks(
-    keys: Sequence[Any], texts: Sequence[str], size: int, dedup: bool
-) -> tuple[list[list[int]], dict[int, int]]:
-    """Chunks of at most ``size`` indices for each run of contiguous equal keys, and for every
-    copy (``dedup``: a text already in its run) the index of its first occurrence.
-
-    Example:
-        >>> _chunks(["p"] * 4 + ["q"], ["a", "b", "a", "c", "a"], 2, dedup=True)
-        ([[0, 1], [3], [4]], {2: 0})
-    """
-    chunks: list[list[int]] = []
-    copies: dict[int, int] = {}
-    for run in group_indices(keys, max(1, len(keys))):
-        first: dict[str, int] = {}
-        distinct: list[int] = []
-        for i in run:
-            if dedup and texts[i] in first:
-                copies[i] = first[texts[i]]
-            else:
-                first.setdefault(texts[i], i)
-                distinct.append(i)
-        for c in _balanced_chunks(0, len(distinct), size):
-            chunks.append([distinct[j] for j in c])
-    return chunks, copies
 
 
 class GRMReward:
@@ -157,8 +126,9 @@ class GRMReward:
             ``AsyncGRPOTrainer``), give a URL, path or engine config rather than a live engine
             object: those are built again in the scoring process.
         name: the name trl logs under (``rewards/<name>/mean``) and the prefix of our metrics.
-        group_size: completions of one prompt judged together; 1 = pointwise. Larger groups
-            are split into near-equal chunks; only contiguous completions are grouped.
+        group_size: None (default): the contiguous completions of one prompt (trl's whole
+            GRPO group, ``num_generations``) are judged together; a number caps a judge call
+            at that many distinct completions (near-equal chunks; 1 = pointwise).
         reference_column: dataset column whose value is the reference answer (if present).
         policy: a ``RewardPolicy`` (or its dict): scale (``unit`` [0, 1] by default, ``raw``,
             ``sum``, a picklable function), failure (``abstain`` = ``None`` by default, or a
@@ -180,13 +150,13 @@ class GRMReward:
         *,
         engine: EngineSpec = None,
         name: str = "grm",
-        group_size: int = 4,
+        group_size: int | None = None,
         reference_column: str | None = "reference",
         policy: RewardPolicy | Mapping[str, Any] | None = None,
         log_judgments: bool = True,
         **judge_kwargs: Any,
     ) -> None:
-        if group_size < 1:
+        if group_size is not None and group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         if config is not None and judge_kwargs:
             raise TypeError(
@@ -266,60 +236,31 @@ class GRMReward:
         judge_prompts = [_prompt_for_judge(p) for p in prompts]
         texts = [_completion_text(c) for c in completions]
 
-        # a chunk needs one prompt and one reference; trl puts a prompt's G completions next to
-        # each other, but a process may hold only part of a group: we group what is contiguous
+        # a judge call needs one prompt and one reference; trl puts a prompt's G completions
+        # next to each other, but a process may hold only part of a group: we group what is
+        # contiguous
         keys = [
             (json.dumps(p, sort_keys=True, default=str), r)
             for p, r in zip(judge_prompts, references, strict=True)
         ]
+        runs = group_indices(keys)
+        groups = [Group(judge_prompts[r[0]], [texts[i] for i in r], references[r[0]]) for r in runs]
         try:
             rm = self.rm
         except Exception as e:  # noqa: BLE001 - e.g. the judge cannot be built: never stop training
             log.exception("GRM judge could not be built")
-            rm, build_error = None, f"{type(e).__name__}: {e}"
-        cache = getattr(rm, "cache_config", None)
-        # identical completions of a prompt are judged once (unless the config's cache.dedup is
-        # off), so a chunk of group_size holds distinct completions
-        chunks, copies = _chunks(keys, texts, self.group_size, cache.dedup if cache else True)
-        if rm is not None:
-            # the judge config's deadline.batch bounds the whole call (unjudged: timeout)
-            results = await rm.ascore_batch(
-                [judge_prompts[c[0]] for c in chunks],
-                [[texts[i] for i in c] for c in chunks],
-                [references[c[0]] for c in chunks],
-            )
-            k = rm.keep if rm.meta_rm is not None else rm.sampling.samples
+            judged = unjudged_groups(self.policy, groups, f"{type(e).__name__}: {e}")
         else:
-            results = [
-                JudgmentResult(failed=True, error=build_error, failure_kind=FailureKind.ENGINE)
-                for _ in chunks
-            ]
-            k = 1
+            # the judge config's deadline.batch bounds the whole call (unjudged: timeout)
+            judged = await judge_groups(rm, self.policy, groups, max_size=self.group_size)
+        samples = [s for group in judged for s in group]  # runs are contiguous, in order
+        self._log(kwargs, samples)
+        return [s.value.value for s in samples]
 
-        values: list[RewardValue] = [RewardValue(None)] * n
-        principles: list[str] = [""] * n
-        critiques: list[str] = [""] * n
-        for c, res in zip(chunks, results, strict=True):
-            voter = next((s for s in res.samples if s.voted), None)
-            for i, value in zip(c, self.policy.apply(res, n=len(c), k=k), strict=True):
-                values[i] = value
-                if voter is not None:
-                    principles[i], critiques[i] = voter.principles, voter.critique
-        for i, first in copies.items():
-            values[i] = dataclasses.replace(values[first], duplicate=True)
-            principles[i], critiques[i] = principles[first], critiques[first]
-        self._log(kwargs, values, principles, critiques)
-        return [v.value for v in values]
-
-    def _log(
-        self,
-        kwargs: Mapping[str, Any],
-        values: list[RewardValue],
-        principles: list[str],
-        critiques: list[str],
-    ) -> None:
+    def _log(self, kwargs: Mapping[str, Any], samples: list[SampleReward]) -> None:
         """Metrics via trl's ``log_metric`` and table columns via ``log_extra`` (when given)."""
         name = self.__name__
+        values = [s.value for s in samples]
         log_metric = kwargs.get("log_metric")
         if callable(log_metric):
             # the policy's keys, as rates over this call; grm_raw only when something scored
@@ -329,8 +270,8 @@ class GRMReward:
         errors = [v.error or "" for v in values]
         log_extra = kwargs.get("log_extra")
         if self.log_judgments and callable(log_extra):
-            log_extra(f"{name}_principles", principles)
-            log_extra(f"{name}_critique", critiques)
+            log_extra(f"{name}_principles", [s.principles for s in samples])
+            log_extra(f"{name}_critique", [s.critique for s in samples])
             log_extra(f"{name}_error", errors)
         failed = [v for v in values if v.failed]
         if failed:

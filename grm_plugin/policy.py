@@ -10,9 +10,12 @@ API:
   (``"abstain"`` or ``"fallback"``), ``fallback`` (output scale; None: the middle of the scale),
   ``empty`` (what an empty response gets; ``"lowest"`` of the scale by default), and
   ``use_reference`` (labels become the judge's reference answer).
-- ``RewardPolicy.apply(result, k=1) -> list[RewardValue]``: one value per response of a judged
-  item. ``RewardValue.value`` is None when the policy abstains (trl: ``None``, the sample is left
-  out of that reward); frameworks that need a number call ``RewardPolicy.fill(values, k)``.
+- ``RewardPolicy.apply(result) -> list[RewardValue]``: one value per response of a judged
+  item; the voting-sum scale's k is the result's (``num_voted``, else ``votes``: what its judge
+  is set up for). ``RewardValue.value`` is None when the policy abstains (trl: ``None``, the
+  sample is left out of that reward); frameworks that need a number call
+  ``RewardPolicy.fill(values)``. Adapters go through ``grm_plugin.group_rewards``, which does
+  both for a group of samples.
 - ``RewardValue.flags() -> dict[str, float]``: every key of ``REWARD_KEYS``, always all of them
   (verl and OpenRLHF build their log columns from the first sample's keys).
 - ``summarize(values) -> dict[str, float]``: the same keys averaged over a batch (rates), for
@@ -35,6 +38,10 @@ Example:
     [1.0, None, 0.0]
     >>> policy.fill(values)  # for frameworks that need a number: the group's mean, advantage 0
     [1.0, 0.5, 0.0]
+    >>> summed = RewardPolicy(scale="sum")  # k comes from the result: 3 votes, so 3..30
+    >>> failed = summed.apply(JudgmentResult(failed=True, votes=3), n=2)
+    >>> summed.fill(failed), summed.empty_value(k=3)  # the middle of the scale; its bottom
+    ([16.5, 16.5], 3.0)
     >>> values[1].flags()["grm_failed"], values[2].flags()["grm_empty"]
     (1.0, 1.0)
     >>> RewardPolicy(scale="raw", on_failure="fallback", fallback=3.0).apply(
@@ -65,11 +72,15 @@ __all__ = [
     "failure_key",
     "summarize",
     "to_reference",
+    "votes_of",
 ]
 
 #: flags the core puts on a response (``JudgmentResult.flags``) that the policy reports
 EMPTY_FLAG = "empty_response"
+#: a response without a content token (``JudgeConfig.minimal_content``): treated as empty
+MINIMAL_CONTENT_FLAG = "minimal_content"
 TRUNCATED_FLAG = "truncated"
+_EMPTY_FLAGS = frozenset({EMPTY_FLAG, MINIMAL_CONTENT_FLAG})
 
 
 class Key(str, Enum):
@@ -127,6 +138,8 @@ class RewardValue:
     no_prompt: bool = False
     num_valid: int = 0
     error: str | None = None
+    #: k of the voting-sum scale this value is on (``fill``'s fallback is on the same scale)
+    votes: int = 1
 
     def flags(self) -> dict[str, float]:
         """Every key of ``REWARD_KEYS`` as a float."""
@@ -232,11 +245,13 @@ class RewardPolicy(BaseModel):
     # ------------------------------------------------------------------------------- apply
 
     def apply(
-        self, result: JudgmentResult, n: int | None = None, *, k: int = 1
+        self, result: JudgmentResult, n: int | None = None, *, k: int | None = None
     ) -> list[RewardValue]:
         """One ``RewardValue`` per response of ``result`` (``n`` responses: a failed result
-        may carry no scores). ``k``: voting samples per judgment (for ``"sum"``)."""
+        may carry no scores). ``k``: voting samples per judgment (for ``"sum"``); None: the
+        result's (``votes_of``)."""
         n = len(result.scores) if n is None else n
+        k = votes_of(result) if k is None else k
         out: list[RewardValue] = []
         for i in range(n):
             flags = result.flags[i] if i < len(result.flags) else []
@@ -247,8 +262,9 @@ class RewardPolicy(BaseModel):
                 duplicate=DUPLICATE_FLAG in flags,
                 truncated=TRUNCATED_FLAG in flags,
                 num_valid=result.num_valid,
+                votes=k,
             )
-            if EMPTY_FLAG in flags:
+            if _EMPTY_FLAGS.intersection(flags):
                 out.append(RewardValue(self.empty_value(k), empty=True, **common))
             elif score is None or (isinstance(score, float) and math.isnan(score)):
                 kind = result.failure_kind or FailureKind.ENGINE
@@ -268,14 +284,29 @@ class RewardPolicy(BaseModel):
                 )
         return out
 
-    def fill(self, values: Sequence[RewardValue], k: int = 1) -> list[float]:
+    def fill(self, values: Sequence[RewardValue], k: int | None = None) -> list[float]:
         """Numbers for frameworks that cannot abstain: an abstained value becomes the mean of
         the other values of ``values`` (give one prompt's group: at the mean of the rest it
-        leaves the group's mean unchanged, so GRPO gives it zero advantage), else
-        ``fallback_value`` when nothing in ``values`` has a value."""
-        judged = [v.value for v in values if v.value is not None]
-        mean = sum(judged) / len(judged) if judged else self.fallback_value(k)
+        leaves the group's mean unchanged, so GRPO gives it zero advantage) when the judge
+        scored at least one of them, else ``fallback_value``: the lowest score of an empty
+        response says nothing about the responses the judge failed on. ``k``: None takes the
+        values' own."""
+        if k is None:
+            k = max((v.votes for v in values), default=1)
+        known = [v.value for v in values if v.value is not None]
+        scored = any(v.raw is not None for v in values)
+        mean = sum(known) / len(known) if scored and known else self.fallback_value(k)
         return [mean if v.value is None else v.value for v in values]
+
+
+def votes_of(result: JudgmentResult) -> int:
+    """k of a judgment on the voting-sum scale: the samples that voted, else the samples its
+    judge votes with (a failed or all-empty judgment), else 1.
+
+    >>> votes_of(JudgmentResult(num_voted=2, votes=3)), votes_of(JudgmentResult(votes=3))
+    (2, 3)
+    """
+    return result.num_voted or result.votes or 1
 
 
 def summarize(values: Sequence[RewardValue]) -> dict[str, float]:

@@ -114,3 +114,36 @@ def test_strict_and_picklable() -> None:
         RewardPolicy(scale="logit")
     policy = RewardPolicy(scale=double, on_failure="fallback")
     assert pickle.loads(pickle.dumps(policy)).scaled(4.0) == 8.0
+
+
+def test_failed_next_to_only_empty_responses_gets_the_fallback_not_the_empty_value() -> None:
+    # issue 21 item 5: the empty's lowest score was the only "other value" to fill from
+    rm = GenerativeRewardFn(FailingEngine())
+    policy = RewardPolicy(scale="raw")
+    values = policy.apply(rm.score("Q?", ["a", "", "b"]))
+    assert [v.empty for v in values] == [False, True, False]
+    assert policy.fill(values) == [5.5, 1.0, 5.5]
+    # with something scored, the failure still gets the others' mean (zero GRPO advantage)
+    mixed = JudgmentResult(scores=[9.0, None, None], flags=[[], [], ["empty_response"]])
+    assert policy.fill(policy.apply(mixed)) == [9.0, 5.0, 1.0]
+
+
+def test_votes_come_from_the_judgment() -> None:
+    # issue 18: adapters each worked out k (OpenRLHF not at all: k=1 on the "sum" scale)
+    policy = RewardPolicy(scale="sum", on_failure="fallback")
+    failed = GenerativeRewardFn(FailingEngine(), samples=3, temperature=0.5).score("Q?", ["a", ""])
+    assert failed.votes == 3
+    assert [v.value for v in policy.apply(failed)] == [16.5, 3.0]
+    scored = GenerativeRewardFn(RuleJudgeEngine(), samples=3, temperature=0.5).score(
+        "Q?", ["", "ab"]
+    )
+    assert [v.value for v in policy.apply(scored)] == [3.0, 3 * length_score("ab")]
+    # two of three samples voted: an empty response is the bottom of that judgment's 2..20
+    partial = JudgmentResult(
+        scores=[1.0, None],
+        score_sums=[2.0, None],
+        flags=[[], ["empty_response"]],
+        num_voted=2,
+        votes=3,
+    )
+    assert [v.value for v in policy.apply(partial)] == [2.0, 2.0]
