@@ -331,12 +331,8 @@ class OpenRLHFProtocol(RewardProtocol):
         prompts = request.prompts or [None] * n
         labels = request.labels or [None] * n
         items, mismatch, truncated, no_prompt, empty = [], [], [], [], []
-        for i, (query, prompt, label) in enumerate(
-            zip(request.query, prompts, labels, strict=True)
-        ):
+        for query, prompt, label in zip(request.query, prompts, labels, strict=True):
             response, found, cut = self.extractor.cut(query, prompt)
-            if not found:
-                log.warning("prompt not found in query %d: judging the whole query", i)
             context = self.extractor.conversation(prompt) if prompt else ""
             reference = self.policy.reference(label)
             items.append(
@@ -353,20 +349,38 @@ class OpenRLHFProtocol(RewardProtocol):
             truncated.append(cut)
             no_prompt.append(not context)
             empty.append(not response.strip())
+        if any(mismatch):
+            # one line per request, not per query: a 1,024-query batch must not flood the log
+            first = mismatch.index(True)
+            log.warning(
+                "prompt not found in %d of %d queries (first: %d): judging the whole query",
+                sum(mismatch),
+                n,
+                first,
+            )
         decoded = _Decoded(n, *map(tuple, (mismatch, truncated, no_prompt, empty)))
         return items, decoded
 
     def encode(self, state: _Decoded, judged: Sequence[Judged]) -> dict[str, Any]:
         rows = []
+        failed: list[str] = []
         for i, j in enumerate(judged):
             # OpenRLHF needs a number: a failure gets the policy's fill from its group
             sample = judged_reward(self.policy, j, empty=state.empty[i])
             value = sample.value
             if value.failed:
-                log.warning("no reward from the judge: %s", value.error)
+                failed.append(str(value.error))
             value.truncated = value.truncated or state.truncated[i]
             value.no_prompt = state.no_prompt[i]
             rows.append((value, sample.reward, sample.group_size))
+        if failed:
+            # one line per request: the per-sample errors are in the response's extra_logs
+            log.warning(
+                "no reward from the judge for %d of %d queries (first: %s)",
+                len(failed),
+                len(judged),
+                failed[0],
+            )
         return self._answer(rows, state)
 
     def _answer(

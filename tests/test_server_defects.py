@@ -372,3 +372,23 @@ def test_serve_says_where_it_listens_once_ready():
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_full_request_logs_one_line_not_one_per_query(caplog):
+    """Issue 21 item 10, the rest: a valid request of max_queries queries whose prompts are not
+    found (and whose judgments fail) logged two WARNING lines per query. Now one line each kind
+    per request, counting the queries."""
+    app = create_app(
+        GenerativeRewardFn(FailingEngine()),
+        OpenRLHFProtocol(),
+        ServerSettings(group_window=0, max_queries=64),
+    )
+    caplog.set_level(logging.INFO)
+    queries = [f"query {i} without its prompt" for i in range(64)]
+    r = TestClient(app).post(
+        "/get_reward", json={"query": queries, "prompts": ["not in it"] * 64, "labels": [""] * 64}
+    )
+    assert r.status_code == 200 and len(r.json()["rewards"]) == 64
+    warnings = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.WARNING]
+    assert len(warnings) <= 3, warnings
+    assert any("prompt not found in 64 of 64 queries" in m for m in warnings), warnings
