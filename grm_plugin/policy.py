@@ -62,7 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .cache import CACHED_FLAG, DUPLICATE_FLAG
 from .parsing import SCORE_MAX, SCORE_MIN, to_unit
-from .results import FailureKind, JudgmentResult
+from .results import FailureKind, JudgmentResult, ResponseFlag
 
 __all__ = [
     "REWARD_KEYS",
@@ -80,6 +80,8 @@ EMPTY_FLAG = "empty_response"
 #: a response without a content token (``JudgeConfig.minimal_content``): treated as empty
 MINIMAL_CONTENT_FLAG = "minimal_content"
 TRUNCATED_FLAG = "truncated"
+#: a response whose text no judge request can carry: a bad-input failure of that response only
+INVALID_TEXT_FLAG: str = ResponseFlag.INVALID_TEXT.value
 _EMPTY_FLAGS = frozenset({EMPTY_FLAG, MINIMAL_CONTENT_FLAG})
 
 
@@ -267,14 +269,16 @@ class RewardPolicy(BaseModel):
             if _EMPTY_FLAGS.intersection(flags):
                 out.append(RewardValue(self.empty_value(k), empty=True, **common))
             elif score is None or (isinstance(score, float) and math.isnan(score)):
-                kind = result.failure_kind or FailureKind.ENGINE
+                kind, error = result.failure_kind or FailureKind.ENGINE, result.error
+                if INVALID_TEXT_FLAG in flags:
+                    kind, error = FailureKind.BAD_INPUT, "the response is not valid Unicode text"
                 value = None if self.on_failure == "abstain" else self.fallback_value(k)
                 out.append(
                     RewardValue(
                         value,
                         failed=True,
                         failure_kind=kind,
-                        error=result.error or "no score",
+                        error=error or "no score",
                         **common,
                     )
                 )

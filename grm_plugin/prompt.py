@@ -65,6 +65,19 @@ def check_text(text: str, what: str) -> None:
         )
 
 
+def text_problem(text: str, what: str) -> str | None:
+    """``check_text``'s message, or None when ``text`` can be sent to a judge.
+
+    >>> text_problem("fine", "response 0") is None
+    True
+    """
+    try:
+        check_text(text, what)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def neutralize_control_tokens(text: str) -> str:
     """Break chat-template control strings with a zero-width space so they stay plain text.
 

@@ -23,6 +23,31 @@ class FailureKind(str, Enum):
     BAD_INPUT = "bad_input"
 
 
+class ResponseFlag(str, Enum):
+    """Why one response of an item was treated specially (``JudgmentResult.flags`` holds the
+    values: adapters log them by name)."""
+
+    #: the response was empty: the empty-response policy applied, not judged
+    EMPTY_RESPONSE = "empty_response"
+    #: the response had no content token (``grm_plugin.content``; ``JudgeConfig.minimal_content``):
+    #: the empty-response policy applied, not judged
+    MINIMAL_CONTENT = "minimal_content"
+    #: the response holds text no judge request can carry (a lone surrogate): not judged, a
+    #: bad-input failure of that response only (the others of its group are judged)
+    INVALID_TEXT = "invalid_text"
+    #: the response was cut to fit the judge's context
+    TRUNCATED = "truncated"
+    #: the batch deadline passed before the item was judged
+    TIMEOUT = "timeout"
+    #: an identical response of the same item was judged instead (``grm_plugin.cache``)
+    DUPLICATE = "duplicate"
+    #: the judgment came from the judgment cache (``grm_plugin.cache``)
+    CACHED = "cached"
+    #: fewer samples than asked for gave scores (engine errors, timeouts, unparsed texts that
+    #: retries did not recover): the scores stand on fewer votes; never cached
+    DEGRADED = "degraded"
+
+
 class Sample(BaseModel):
     """One sampled judgment. Scores are mapped back to the original response order."""
 
@@ -88,6 +113,12 @@ class JudgmentResult(BaseModel):
     )
     num_valid: int = Field(0, description="samples that parsed")
     num_voted: int = Field(0, description="samples that voted (after the meta RM filter)")
+    votes: int = Field(
+        0,
+        description="samples the judge votes with when all parse (k, or the meta RM's keep); "
+        "what the voting-sum scale of a response without votes (failed, empty) is measured in; "
+        "0 = not known",
+    )
     samples: list[Sample] = Field(default_factory=list)
     failed: bool = Field(False, description="True when no response got a score")
     error: str | None = None
