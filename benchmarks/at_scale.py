@@ -26,6 +26,19 @@ judgment, RSS and the load average are recorded (the CPU is shared).
     python benchmarks/at_scale.py --server http://10.0.0.1:8000/v1 \\
         --server http://10.0.0.2:8000/v1 --capacity 120
 
+Router cells (``--router-only`` runs just these; ``--router-cells ""`` skips them in a full
+run): the same 2 simulated replicas reached either through grm-plugin's own client-side
+balancing (several base URLs, least outstanding requests first) or through a real router
+(``vllm-router``, ``pip install vllm-router==0.1.17``) with its ``round_robin``,
+``cache_aware`` or ``consistent_hash`` policy; for each, b/c and the simulated prefix-cache hit
+rate (prompt tokens the replicas found cached / prompt tokens they were sent), for two
+workloads: ``pairs`` (the items above: 2 responses, k samples as n = count requests per
+response order), ``groups`` (a GRPO group of 8 responses in one judge prompt) and
+``long-groups`` (the same behind a ~3,000-character document)::
+
+    python benchmarks/at_scale.py --router-only --capacity-scale 0.25 \
+        --out benchmarks/results/at_scale_router
+
 With ``--server`` the script is unchanged except that (c) comes from ``--capacity`` (the
 fleet's measured saturated judgments/s) and the replica and fault runs are skipped (replicas
 are the URLs given; faults are whatever the fleet does). ``--max-tokens`` sets the judgment
@@ -54,7 +67,14 @@ import psutil
 from grm_plugin import GenerativeRewardFn, JudgeConfig
 from grm_plugin.parsing import parse_judgment
 from grm_plugin.prompt import build_judge_messages
-from grm_plugin.testing import CapacityModel, FaultKind, SimServerProcess
+from grm_plugin.testing import (
+    CapacityModel,
+    FaultKind,
+    Router,
+    RouterConfig,
+    SimServerProcess,
+    router_available,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -97,6 +117,44 @@ def items(n: int, seed: int = 0) -> tuple[list[str], list[list[str]]]:
         pad = " Adding the units, then the tens, then the hundreds." * rng.randint(0, 3)
         responses.append([f"{a} + {b} = {a + b}.{pad}", f"The sum is {a + b + rng.randint(1, 9)}."])
     return prompts, responses
+
+
+def group_items(n: int, size: int = 8, seed: int = 0) -> tuple[list[str], list[list[str]]]:
+    """n GRPO groups judged whole: one question and ``size`` sampled answers per judge prompt."""
+    rng = random.Random(seed)
+    prompts, responses = [], []
+    for i in range(n):
+        a, b = rng.randint(2, 999), rng.randint(2, 999)
+        prompts.append(f"Group {i}: what is {a} + {b}? Show the sum and say how you got it.")
+        group = []
+        for j in range(size):
+            total = a + b + (0 if rng.random() < 0.5 else rng.randint(1, 9))
+            pad = " Adding the units, then the tens, then the hundreds." * rng.randint(0, 3)
+            group.append(f"Answer {j}: {a} + {b} = {total}.{pad}")
+        responses.append(group)
+    return prompts, responses
+
+
+def long_group_items(n: int, size: int = 8, seed: int = 0) -> tuple[list[str], list[list[str]]]:
+    """``group_items`` behind a ~3,000-character document (a RAG- or agent-style prompt): the
+    part of the judge prompt that only the requests of one item share is then long."""
+    rng = random.Random(seed + 1)
+    prompts, responses = group_items(n, size, seed)
+    words = ["ledger", "invoice", "quarter", "audit", "credit", "balance", "account", "total"]
+    for i, prompt in enumerate(prompts):
+        doc = " ".join(rng.choice(words) for _ in range(420))
+        prompts[i] = f"Document {i}:\n{doc}\n\n{prompt}"
+    return prompts, responses
+
+
+#: router cells' workloads: name -> items(n)
+WORKLOADS: dict[str, Callable[[int], tuple[list[str], list[list[str]]]]] = {
+    "pairs": items,
+    "groups": group_items,
+    "long-groups": long_group_items,
+}
+#: the client's own balancing over several base URLs (no router)
+CLIENT_SIDE = "client"
 
 
 def make_rm(urls: list[str], k: int, model: str | None, max_tokens: int) -> GenerativeRewardFn:
@@ -262,8 +320,135 @@ def first_model(url: str) -> str:
     return openai.OpenAI(base_url=url, api_key="EMPTY").models.list().data[0].id
 
 
+def router_cells(
+    cells: list[tuple[int, int]],
+    policies: list[str],
+    workloads: list[str],
+    replicas: int,
+    max_tokens: int,
+) -> list[dict[str, Any]]:
+    """Client-side balancing vs a router's policies, on fresh replicas per cell (cold caches)."""
+    rows = []
+    for workload in workloads:
+        for n, k in cells:
+            prompts, responses = WORKLOADS[workload](n)
+            for policy in policies:
+                with SimServerProcess(sim_config(replicas, faults=False)) as sim:
+                    router = None
+                    if policy != CLIENT_SIDE:
+                        router = Router(
+                            sim.urls, RouterConfig(policy=policy, max_lifetime=3600)
+                        ).start()
+                    try:
+                        urls = sim.urls if router is None else [router.url]
+                        assert router is None or router.proc is not None
+                        router_proc = None if router is None else psutil.Process(router.proc.pid)
+                        rcpu0 = sum(router_proc.cpu_times()[:2]) if router_proc else 0.0
+                        scpu = cpu_of(sim)
+                        scpu0 = scpu()
+                        before = sim.stats()
+                        b = plugin(urls, "sim-judge", prompts, responses, k, max_tokens)
+                        after = sim.stats()
+                        b["server_cpu_cores"] = (scpu() - scpu0) / b["seconds"]
+                        if router_proc is not None:
+                            rcpu = sum(router_proc.cpu_times()[:2]) - rcpu0
+                            b["router_cpu_ms_per_judgment"] = rcpu / b["judgments"] * 1e3
+                    finally:
+                        if router is not None:
+                            router.stop()
+                c = ceiling(before, after, replicas, b["judgments"], b["seconds"])
+                cached = after.cached_tokens - before.cached_tokens
+                sent = cached + after.prefill_tokens - before.prefill_tokens
+                c["prefix_hit_rate"] = cached / sent if sent else 0.0
+                c["per_replica_requests"] = [
+                    x - y for x, y in zip(after.per_replica, before.per_replica, strict=True)
+                ]
+                row = {
+                    "run": "router",
+                    "workload": workload,
+                    "policy": policy,
+                    "replicas": replicas,
+                    "items": n,
+                    "k": k,
+                    "b": b,
+                    "c": c,
+                }
+                rows.append(row)
+                print(
+                    f"[router] {workload} {policy} R={replicas} items={n} k={k}: "
+                    f"b {b['judgments_per_s']:.1f} j/s, c {c['judgments_per_s']:.1f}, "
+                    f"b/c {b['judgments_per_s'] / c['judgments_per_s']:.3f}, "
+                    f"hit {c['prefix_hit_rate']:.3f}, split {c['per_replica_requests']}, "
+                    f"answered {b['answered']}/{n}, load {b['load_avg_1m']}",
+                    flush=True,
+                )
+    return rows
+
+
+def router_md(report: dict[str, Any]) -> list[str]:
+    """The router cells' table (empty when there are none)."""
+    rows = [r for r in report["rows"] if r["run"] == "router"]
+    if not rows:
+        return []
+    lines = [
+        "## Router cells: client-side balancing vs a router",
+        "",
+        f"Router: {report.get('router', '-')}. `client` = no router: grm-plugin's own "
+        "balancing over the replicas' URLs (least outstanding requests first). Fresh replicas "
+        "(cold prefix caches) for every cell. *prefix hit* = prompt tokens the replicas found "
+        "in their prefix cache / prompt tokens they were sent (the n samples of one request "
+        "share one prefill and are not counted as hits); *prefill tok/j* = prompt tokens "
+        "actually prefilled per judgment; *split* = chat requests each replica got.",
+        "",
+        "| workload | balancing | items | k | (b) j/s | (c) ceiling j/s | b/c | prefix hit | "
+        "prefill tok/j | split | answered / items | failed | client CPU ms/j | "
+        "router CPU ms/j | load 1m (start, end) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        b, c = r["b"], r["c"]
+        router_cpu = b.get("router_cpu_ms_per_judgment")
+        lines.append(
+            f"| {r['workload']} | {r['policy']} | {r['items']} | {r['k']} | "
+            f"{b['judgments_per_s']:.1f} | {c['judgments_per_s']:.1f} | "
+            f"{b['judgments_per_s'] / c['judgments_per_s']:.3f} | {c['prefix_hit_rate']:.3f} | "
+            f"{c['prefill_tokens_per_judgment']:.0f} | "
+            f"{' / '.join(str(x) for x in c['per_replica_requests'])} | "
+            f"{b['answered']} / {r['items']} | {b['failed']} | "
+            f"{b['client_cpu_ms_per_judgment']:.2f} | "
+            + ("-" if router_cpu is None else f"{router_cpu:.2f}")
+            + f" | {b['load_avg_1m'][0]}, {b['load_avg_1m'][1]} |"
+        )
+    return [*lines, ""]
+
+
 def report_md(report: dict[str, Any]) -> str:
+    if not report.get("naive"):  # --router-only
+        return "\n".join(
+            [
+                "# At scale: grm-plugin's client-side balancing vs a router",
+                "",
+                f"Command: `{report['command']}`",
+                "",
+                f"Machine: {report['machine']}. Server: {report['server']}.",
+                "",
+                "(c) = the capacity model's saturated throughput for the work (b) sent, times "
+                "the replicas. A judgment = one sampled judge output. What the cells mean for "
+                "a fleet: docs/scale.md.",
+                "",
+                *router_md(report),
+                "Notes:",
+                "",
+                *[f"- {n}" for n in report["notes"]],
+                "",
+            ]
+        )
+    return _report_md(report)
+
+
+def _report_md(report: dict[str, Any]) -> str:
     naive_by_k = {r["k"]: r for r in report["naive"]}
+    main_rows = [r for r in report["rows"] if r["run"] != "router"]
     lines = [
         "# At scale: naive loop vs grm-plugin vs the server's ceiling",
         "",
@@ -293,7 +478,7 @@ def report_md(report: dict[str, Any]) -> str:
         "client RSS MiB | load 1m (start, end) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in report["rows"]:
+    for r in main_rows:
         a = naive_by_k.get(r["k"])
         b = r["b"]
         c = r.get("c", {}).get("judgments_per_s")
@@ -326,7 +511,7 @@ def report_md(report: dict[str, Any]) -> str:
             + f" | {b['client_rss_mib']:.0f} | {b['load_avg_1m'][0]}, {b['load_avg_1m'][1]} |"
         )
     lines += ["", "Targets at >= 512 items (b/a >= 5, b/c >= 0.9):", ""]
-    for r in report["rows"]:
+    for r in main_rows:
         a, c = naive_by_k.get(r["k"]), r.get("c", {}).get("judgments_per_s")
         if r["items"] < 512 or not a:
             continue
@@ -347,7 +532,8 @@ def report_md(report: dict[str, Any]) -> str:
                 f"{json.dumps(c['faults'])}; answered {r['b']['answered']}/{r['items']}, "
                 f"failed {r['b']['failed']}, lost {r['b']['lost']}."
             )
-    lines += ["", "Notes:", "", *[f"- {n}" for n in report["notes"]], ""]
+    lines += ["", *router_md(report)]
+    lines += ["Notes:", "", *[f"- {n}" for n in report["notes"]], ""]
     if report.get("client_maxrss_mib"):
         lines.insert(
             -1, f"- client peak RSS (ru_maxrss), whole run: {report['client_maxrss_mib']:.0f} MiB"
@@ -366,6 +552,15 @@ def main() -> None:
     p.add_argument("--replica-sizes", default="2048", help="sizes of the 2/4-replica runs")
     p.add_argument("--fault-cells", default="2048x4,8192x1", help="ITEMSxK of the faulty runs")
     p.add_argument("--naive-items", type=int, default=64)
+    p.add_argument("--router-cells", default="256x4", help="ITEMSxK of the router cells")
+    p.add_argument(
+        "--router-policies",
+        default=f"{CLIENT_SIDE},round_robin,cache_aware,consistent_hash",
+        help=f"'{CLIENT_SIDE}' (grm-plugin's own balancing) and vllm-router policies",
+    )
+    p.add_argument("--router-workloads", default=",".join(WORKLOADS))
+    p.add_argument("--router-replicas", type=int, default=2)
+    p.add_argument("--router-only", action="store_true", help="only the router cells")
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--out", default=str(RESULTS / "at_scale"))
@@ -383,7 +578,7 @@ def main() -> None:
         return
     if args.quick:
         args.sizes, args.ks, args.replica_sizes = "64,256", "1,4", "256"
-        args.fault_cells, args.naive_items = "256x4", 8
+        args.fault_cells, args.naive_items, args.router_cells = "256x4", 8, "64x4"
     if args.capacity_scale != 1.0:
         global CAPACITY
         rates = ("prefill_tps", "prefill_tps_per_seq", "decode_tps", "decode_tps_per_seq")
@@ -402,7 +597,22 @@ def main() -> None:
         "notes": [],
     }
     naive_prompts, naive_responses = items(args.naive_items)
-    if args.server:
+    cells = [tuple(int(x) for x in c.split("x")) for c in args.router_cells.split(",") if c]
+    if args.server:  # a real fleet: the router is whatever the URLs are
+        cells = []
+    if cells and not router_available():
+        report["notes"].append("router cells skipped: vllm-router is not installed")
+        cells = []
+    if cells:
+        import vllm_router.version
+
+        report["router"] = f"vllm-router {vllm_router.version.__version__}, own process"
+    if args.router_only:
+        report["server"] = (
+            f"{args.router_replicas} replicas of the simulated server in its own process, per "
+            f"replica: {CAPACITY.model_dump_json()}"
+        )
+    elif args.server:
         urls = args.server
         model = args.model or first_model(urls[0])
         report["server"] = f"{len(urls)} given server(s) {urls}, model {model}"
@@ -467,6 +677,14 @@ def main() -> None:
                     "faults 1%",
                     cpu_of(sim),
                 )
+    if cells:
+        report["rows"] += router_cells(
+            cells,  # type: ignore[arg-type]
+            [x for x in args.router_policies.split(",") if x],
+            [x for x in args.router_workloads.split(",") if x],
+            args.router_replicas,
+            args.max_tokens,
+        )
     report["seconds"] = time.time() - t0
     report["client_maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report["notes"].append(f"total wall time {report['seconds'] / 60:.1f} min")
