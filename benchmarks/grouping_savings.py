@@ -16,7 +16,8 @@ groups; these are stated assumptions, changeable by flag):
 - epoch 2 revisits every prompt; a cache hit needs the same prompt and the same *set* of
   distinct responses (common for short-answer prompts once the policy has converged).
 
-    python benchmarks/grouping_savings.py            # writes benchmarks/results/grouping_savings.*
+    python benchmarks/grouping_savings.py            # writes grouping_savings.* in a temp folder
+    python benchmarks/grouping_savings.py --out benchmarks/results/grouping_savings  # the committed
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import argparse
 import asyncio
 import json
 import random
+import shlex
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +126,12 @@ def main() -> None:
     p.add_argument("--short-share", type=float, default=0.4)
     p.add_argument("--copy-rate", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="benchmarks/results/grouping_savings")
+    # not the committed results by default: a run with other flags must not overwrite them
+    p.add_argument(
+        "--out",
+        default=str(Path(tempfile.gettempdir()) / "grm-plugin" / "grouping_savings"),
+        help="path prefix of the .json and .md written (default: %(default)s)",
+    )
     args = p.parse_args()
 
     steps = make_steps(args)
@@ -137,7 +146,7 @@ def main() -> None:
         r["judgments_vs_pointwise"] = r["judgments_per_step"] / base
         r["shown_vs_pointwise"] = r["responses_shown_per_step"] / base_shown
     report = {
-        "command": "python benchmarks/grouping_savings.py",
+        "command": shlex.join(["python", "benchmarks/grouping_savings.py", *sys.argv[1:]]),
         "assumptions": {
             "prompts_per_step": args.prompts,
             "samples_per_prompt": args.samples,
@@ -182,6 +191,7 @@ def main() -> None:
     ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .cache import CacheConfig
 from .deadline import Deadline
+from .parsing import SCORE_MAX, SCORE_MIN
 
 #: environment variable naming a JudgeConfig file (YAML/JSON), read by the adapters when no
 #: config is passed to them (it must reach every worker process that scores)
@@ -57,7 +59,13 @@ class SamplingConfig(_Strict):
     keep: int | None = Field(
         None, ge=1, description="samples kept by the meta RM (default k // 2, at least 1)"
     )
-    seed: int | None = Field(None, description="seed for the response shuffles")
+    seed: int | None = Field(
+        None,
+        description="seed for the response shuffles, the prompt's fence code and the judge's "
+        "sampling: the same seed gives the same judge text on the transformers engine (a "
+        "seeded request is generated on its own there, not batched with others); OpenAI-"
+        "compatible servers get it as `seed` (reproducible where the server honours it)",
+    )
     expected_scores: bool = Field(
         False,
         description="vote with each score's expected value under the judge's own distribution "
@@ -208,10 +216,21 @@ class JudgeConfig(_Strict):
     empty_response_score: float | None = Field(
         None, description="score for an empty response (None: flagged, not judged)"
     )
+    minimal_content: bool = Field(
+        False,
+        description="a response with no content token (only punctuation, openers such as "
+        "'Thought process:' or filler words; grm_plugin.content) gets the empty-response "
+        "policy, flagged minimal_content: a defense against master-key responses",
+    )
     cache: CacheConfig = Field(
         default_factory=CacheConfig,
         description="identical responses judged once; earlier judgments reused (grm_plugin.cache)",
     )
+
+    @field_validator("empty_response_score")
+    @classmethod
+    def _empty_score_on_the_scale(cls, v: float | None) -> float | None:
+        return checked_empty_response_score(v)
 
     @classmethod
     def load(cls, path: str | Path) -> JudgeConfig:
@@ -222,6 +241,30 @@ class JudgeConfig(_Strict):
         text = p.read_text()
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
         return cls.model_validate(data or {})
+
+
+def checked_empty_response_score(value: float | None) -> float | None:
+    """``value`` if it is None or a finite score on the judge's 1-10 scale, else a ValueError
+    (NaN would poison every mean it enters; 0 or 11 is a score no judgment can give).
+
+    Example:
+        >>> checked_empty_response_score(1.0)
+        1.0
+        >>> checked_empty_response_score(float("nan"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: empty_response_score must be None or a number from 1 to 10 ..., not nan
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"empty_response_score must be a number or None, not {value!r}")
+    if not math.isfinite(value) or not SCORE_MIN <= value <= SCORE_MAX:
+        raise ValueError(
+            f"empty_response_score must be None or a number from {SCORE_MIN:g} to {SCORE_MAX:g} "
+            f"(the judge's scale), not {value!r}"
+        )
+    return value
 
 
 class MissingJudgeConfigError(RuntimeError):

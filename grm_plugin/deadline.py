@@ -2,7 +2,7 @@
 
 ``Deadline`` is the configuration (seconds, like ``httpx.Timeout``); ``Expiry`` is a point in
 time computed from it once, when the item or the batch starts, and handed down to every
-``generate()`` call (``GenerationRequest.expires_at``) so that retries and parse rounds share
+``generate()`` call (``GenerationRequest.expiry``) so that retries and parse rounds share
 one clock instead of each restarting its own.
 
 Example:

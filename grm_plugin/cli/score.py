@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..config import DefaultEngineConfig, TransformersEngineConfig
+from ..engines.transformers_engine import say
 from ..results import JudgmentResult
 from ..reward import GenerativeRewardFn
 from .engine_args import add_judge_args, judge_config_from_args
@@ -71,6 +72,14 @@ def run(args: argparse.Namespace) -> int:
     if stream and isinstance(cfg.engine, (DefaultEngineConfig, TransformersEngineConfig)):
         # a local judge on a CPU writes for a while: show it rather than a silent terminal
         cfg.engine = cfg.engine.model_copy(update={"stream": True})
+    if isinstance(cfg.engine, (DefaultEngineConfig, TransformersEngineConfig)):
+        # loading takes seconds to a minute on a CPU: say so rather than sit silent
+        say(
+            "loading the judge model (the embedded 0.5B judge: ~10-60 s on a CPU; its first "
+            "run also assembles and converts it once, ~1-3 min)"
+            if isinstance(cfg.engine, DefaultEngineConfig)
+            else f"loading the judge model {cfg.engine.model}"
+        )
     rm = GenerativeRewardFn.from_config(cfg)
     result = rm.score(args.prompt, args.response, reference=args.reference)
     if args.json:

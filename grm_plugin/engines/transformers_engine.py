@@ -19,8 +19,11 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import threading
+import time
 from collections.abc import Sequence
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -71,15 +74,62 @@ def converted_gguf_dir(gguf: Path) -> Path:
     return cache_dir() / "converted" / f"{gguf.stem}-{key[:16]}"
 
 
-def convert_gguf(gguf: Path) -> Path:
-    """Dequantize a GGUF file once into a cached safetensors folder and return that folder."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _conversion_lock(target: Path) -> Any:
+    """An inter-process lock for converting into ``target`` (two processes starting the demo
+    at once would both spend minutes converting and one would crash on the rename)."""
+    from filelock import FileLock
 
+    return FileLock(str(target) + ".lock")
+
+
+def say(message: str) -> None:
+    """A progress note for the user on stderr."""
+    # the first run works for minutes before the judge writes anything: say what is happening
+    # on stderr (the logging module is silent by default), keeping stdout for results
+    print(f"grm-plugin: {message}", file=sys.stderr, flush=True)
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Dequantize a GGUF file once into a cached safetensors folder and return that folder.
+
+    Safe to run from several processes at once: one converts (under a file lock) while the
+    others wait and reuse its result; a failed conversion leaves no temporary folder behind.
+    """
     target = converted_gguf_dir(gguf)
     if (target / "config.json").exists():
         return target
-    log.info("dequantizing %s once into %s (slow)", gguf, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _conversion_lock(target):
+        if (target / "config.json").exists():  # a twin converted it while we waited
+            return target
+        # under the lock, leftovers of this target are from converters that died (kill -9)
+        for stale in target.parent.glob(glob_escape(target.name) + ".tmp*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        started = time.monotonic()
+        say(
+            f"converting {gguf.name} to safetensors once, into {target} (about 1-3 min on a "
+            "CPU; later runs load the converted copy in seconds)"
+        )
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
+        try:
+            _write_converted(gguf, tmp)
+            try:
+                tmp.rename(target)
+            except OSError:
+                # a converter that took no lock (another machine on a shared cache) finished
+                # first: its folder is as good as ours
+                if not (target / "config.json").exists():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        say(f"done in {time.monotonic() - started:.0f} s")
+    return target
+
+
+def _write_converted(gguf: Path, folder: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
@@ -88,12 +138,8 @@ def convert_gguf(gguf: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.replace(target)
-    return target
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
 
 
 def load_model_and_tokenizer(spec: str, device: str = "cpu", dtype: str = "auto"):
@@ -302,6 +348,34 @@ class TransformersEngine(JudgeEngine):
         return kwargs
 
     def _generate_batch(self, jobs: Sequence[Job]) -> list[list[str]]:
+        # a seeded request is generated on its own, from its own seed: what it gets must not
+        # depend on which other requests shared its batch (their rows, their padding) nor on
+        # what the generator drew before; unseeded requests are batched together
+        unseeded = [job for job in jobs if job.request.seed is None]
+        texts: dict[int, list[str]] = {}
+        if unseeded:
+            texts.update(zip(map(id, unseeded), self._generate_rows(unseeded), strict=True))
+        for job in jobs:
+            if job.request.seed is not None:
+                with self._seeded(job.request.seed):
+                    texts[id(job)] = self._generate_rows([job])[0]
+        return [texts[id(job)] for job in jobs]
+
+    def _seeded(self, seed: int) -> Any:
+        """Torch's generator seeded with ``seed`` inside, restored after (the caller's own
+        random state is left as it was). Only the worker thread generates, so nothing else
+        draws from it meanwhile."""
+        import contextlib
+
+        import torch
+
+        stack = contextlib.ExitStack()
+        cuda = [torch.device(self.device)] if self.device.startswith("cuda") else []
+        stack.enter_context(torch.random.fork_rng(devices=cuda))
+        torch.manual_seed(seed)
+        return stack
+
+    def _generate_rows(self, jobs: Sequence[Job]) -> list[list[str]]:
         import torch
         from transformers import StoppingCriteriaList
 
