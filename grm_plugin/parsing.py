@@ -139,7 +139,7 @@ def _quoted_lines(lines: list[str], fence_code: str | None = None) -> list[bool]
     fences copied from the prompt. Only markers with the item's own code count: a response
     that starts with a forged marker must not hide the verdict of a judge that quotes it, and
     with no code known no marker can be told from a forgery."""
-    begin, end = _markers(fence_code) if fence_code else (None, None)
+    markers = None
     out = []
     in_code = in_marker = False
     for line in lines:
@@ -147,12 +147,15 @@ def _quoted_lines(lines: list[str], fence_code: str | None = None) -> list[bool]
             out.append(True)
             in_code = not in_code
             continue
-        # a plain substring test first: the code is in almost no line
+        # a plain substring test first: the code is in almost no line, so the patterns (one
+        # pair per item: compiling them cost more than the rest of the parse) rarely are built
         marker = fence_code in line if fence_code else False
-        if marker and begin is not None and begin.search(line):
+        if marker and markers is None:
+            markers = _markers(fence_code)  # type: ignore[arg-type]
+        if marker and markers[0].search(line):  # type: ignore[index]
             in_marker = True
         out.append(in_code or in_marker or line.lstrip().startswith(">"))
-        if marker and end is not None and end.search(line):
+        if marker and markers[1].search(line):  # type: ignore[index]
             in_marker = False
     return out
 

@@ -152,8 +152,15 @@ def test_parsing_runs_off_the_event_loop(monkeypatch):
             on_loop.append(False)
         return real(*args, **kwargs)
 
+    class LongWindedJudge(QuotingJudge):
+        # long enough that parsing it inline would hold the loop (short ones are parsed
+        # inline: a thread hop costs more than they do, tests/test_client_floor.py)
+        async def generate(self, request: GenerationRequest) -> list[str]:
+            padding = "A long preamble. " * (reward._INLINE_PARSE_CHARS // 16)
+            return [padding + "\n" + t for t in await super().generate(request)]
+
     monkeypatch.setattr(reward, "parse_judgment", spy)
-    rm = GenerativeRewardFn(QuotingJudge(), samples=2, seed=0)
+    rm = GenerativeRewardFn(LongWindedJudge(), samples=2, seed=0)
     assert rm.score("Capital of France?", ["Paris.", "Rome."]).scores == [9.0, 2.0]
     assert on_loop and not any(on_loop)
 

@@ -186,14 +186,14 @@ def test_server_down_at_start(upstream):
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens here
     rm = _judge(upstream, url, max_retries=2, item=6)
     results, _ = _run("server down at start", upstream, rm)
-    assert all(_engine_failed(r, "APIConnectionError") for r in results)
+    assert all(_engine_failed(r, "EngineConnectionError") for r in results)
 
 
 def test_connection_reset(upstream, proxy):
     proxy.inject(Fault("reset"))
     rm = _judge(upstream, proxy.url, max_retries=2, item=6)
     results, _ = _run("connection dropped, no answer", upstream, rm, proxy=proxy)
-    assert all(_engine_failed(r, "APIConnectionError") for r in results)
+    assert all(_engine_failed(r, "EngineConnectionError") for r in results)
     assert proxy.requests == 2 * 3  # 2 items x (1 + 2 retries)
 
 
@@ -235,7 +235,7 @@ def test_http_500_always(upstream, proxy):
     proxy.inject(Fault("status", status=500))
     rm = _judge(upstream, proxy.url, max_retries=2, item=10)
     results, _ = _run("HTTP 500 always", upstream, rm, proxy=proxy)
-    assert all(_engine_failed(r, "InternalServerError") for r in results)
+    assert all(_engine_failed(r, "EngineServerError") for r in results)
     assert proxy.requests == 2 * 3
 
 
@@ -261,7 +261,7 @@ def test_429_without_retry_after_always(upstream, proxy):
     proxy.inject(Fault("status", status=429))
     rm = _judge(upstream, proxy.url, max_retries=3, item=8)
     results, _ = _run("429 without Retry-After, always", upstream, rm, proxy=proxy)
-    assert all(_engine_failed(r, "RateLimitError") for r in results)
+    assert all(_engine_failed(r, "EngineRateLimited") for r in results)
     assert 2 < proxy.requests <= 2 * 4
 
 
@@ -269,7 +269,7 @@ def test_429_retry_after_beyond_deadline_gives_up_at_once(upstream, proxy):
     proxy.inject(Fault("status", status=429, retry_after=3600))
     rm = _judge(upstream, proxy.url, item=10)
     results, elapsed = _run("429 + Retry-After: 3600 (> deadline)", upstream, rm, proxy=proxy)
-    assert all(_engine_failed(r, "RateLimitError") for r in results)
+    assert all(_engine_failed(r, "EngineRateLimited") for r in results)
     assert proxy.requests == 2  # waiting would blow the deadline: no retry
     assert elapsed < 10  # it did not wait out the deadline either
 

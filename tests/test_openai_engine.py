@@ -85,7 +85,7 @@ def test_server_down_gives_flagged_none():
     )
     res = rm.score("Q", ["a", "b"])
     assert res.failed and res.scores == [None, None]
-    assert "APIConnectionError" in res.error
+    assert "EngineConnectionError" in res.error
 
 
 def test_replicas_share_load():
@@ -95,3 +95,46 @@ def test_replicas_share_load():
         out = rm.score_batch([f"Q{i}" for i in range(8)], [["x"]] * 8)
         assert all(r.scores == [5.0] for r in out)
         assert len(a.bodies) >= 2 and len(b.bodies) >= 2
+
+
+def test_retry_after_forms_the_sdk_honoured():
+    from email.utils import formatdate
+
+    from grm_plugin.engines.openai_engine import _retry_after
+
+    assert _retry_after({"retry-after": "2"}) == 2.0
+    assert _retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    in_a_minute = _retry_after({"retry-after": formatdate(time.time() + 60, usegmt=True)})
+    assert in_a_minute is not None and 50 < in_a_minute <= 60
+    assert _retry_after({"retry-after": "soon"}) is None
+    assert _retry_after({}) is None
+
+
+def test_the_api_key_is_sent_as_a_bearer_token():
+    import asyncio
+
+    from aiohttp import web
+
+    seen = []
+
+    async def chat(request):
+        seen.append(request.headers.get("Authorization"))
+        return web.json_response(completion(["ok"]))
+
+    async def main():
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            eng = engine(f"http://127.0.0.1:{port}/v1", model="m", api_key="sk-test")
+            assert await eng.generate(GenerationRequest(MSGS)) == ["ok"]
+            await eng.aclose()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+    assert seen == ["Bearer sk-test"]

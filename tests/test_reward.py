@@ -292,7 +292,9 @@ def test_item_deadline_bounds_parse_retries():
     rm = GenerativeRewardFn(eng, samples=1, parse_retries=5, deadline={"item": 0.5})
     res = rm.score("Q", ["a"])
     assert res.failed and res.scores == [None]
-    assert [s.failure.split(":")[0] for s in res.samples] == ["parse", "engine"]
+    # the item deadline is a timeout, not the engine's failure (issue 18)
+    assert [s.failure.split(":")[0] for s in res.samples] == ["parse", "timeout"]
+    assert res.samples[1].failure_kind is FailureKind.TIMEOUT
     assert "item deadline" in res.samples[1].failure
     assert eng.calls == 2
 

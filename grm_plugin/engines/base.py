@@ -19,10 +19,9 @@ from dataclasses import dataclass
 
 from ..deadline import NEVER, Expiry, cap
 from ..score_distribution import ScoreDistribution
+from .errors import EngineError
 
-
-class EngineError(RuntimeError):
-    """The engine could not produce text (server down, timeout, bad answer...)."""
+__all__ = ["EngineError", "EngineHealth", "GenerationRequest", "JudgeEngine"]
 
 
 @dataclass
@@ -72,10 +71,17 @@ class JudgeEngine(ABC):
     supports_score_distributions: bool = False
     #: why not, when not (said in the error a config asking for expected scores gets)
     score_distributions_refusal: str = "it has no score_distributions method"
+    #: True when ``generate`` returns or raises ``EngineTimeout`` by ``GenerationRequest.expiry``
+    #: itself; the core then adds no timeout of its own around it (one timeout per request)
+    honours_expiry: bool = False
+    #: requests the engine runs at once, when it has such a limit (sizes how many items a
+    #: batch keeps in flight)
+    max_in_flight: int | None = None
 
     @abstractmethod
     async def generate(self, request: GenerationRequest) -> list[str]:
-        """Return exactly ``request.n`` texts (the generated part only), or raise EngineError."""
+        """Return exactly ``request.n`` texts (the generated part only), or raise an
+        ``EngineError`` of the kind that failed (``grm_plugin.engines.errors``)."""
 
     async def score_distributions(
         self, messages: list[dict[str, str]], text: str, starts: Sequence[int]

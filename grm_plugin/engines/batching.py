@@ -25,11 +25,12 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
 from .base import EngineError, EngineHealth, GenerationRequest
+from .errors import EngineTimeout, map_exceptions
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,27 @@ class Job:
 
 BatchFn = Callable[[Sequence[Job]], list[list[str]]]
 
+#: what a local model's batch raises -> what its callers get: anything a batch raises is the
+#: engine's failure (out of memory, a CUDA error, a template the tokenizer rejects)
+LOCAL_ERRORS: dict[type[BaseException], type[EngineError]] = {
+    TimeoutError: EngineTimeout,
+    asyncio.TimeoutError: EngineTimeout,  # the same class from 3.11, not before
+    Exception: EngineError,
+}
+
 
 class MicroBatcher:
     """Run ``batch_fn`` on batches of jobs in one worker thread."""
 
-    def __init__(self, batch_fn: BatchFn, max_rows: int, max_wait: float = 0.01) -> None:
+    def __init__(
+        self,
+        batch_fn: BatchFn,
+        max_rows: int,
+        max_wait: float = 0.01,
+        errors: Mapping[type[BaseException], type[EngineError]] = LOCAL_ERRORS,
+    ) -> None:
         self._batch_fn = batch_fn
+        self._errors = errors
         self._max_rows = max_rows
         self._max_wait = max_wait
         self._queue: queue.Queue[Job | None] = queue.Queue()
@@ -139,7 +155,8 @@ class MicroBatcher:
             by_temp.setdefault(job.request.temperature, []).append(job)
         for jobs in by_temp.values():
             try:
-                outs = self._batch_fn(jobs)
+                with map_exceptions(self._errors, "local engine"):
+                    outs = self._batch_fn(jobs)
             except Exception as e:  # noqa: BLE001 - handed to every waiting caller
                 for job in jobs:
                     _settle(job.future, error=e)

@@ -1,4 +1,11 @@
-"""Judge through any OpenAI-compatible server with the official ``openai`` async client.
+"""Judge through any OpenAI-compatible server (vLLM, SGLang, transformers serve, hosted APIs),
+speaking the chat-completions wire format directly over aiohttp.
+
+Not the ``openai`` SDK: building its request, its httpx bridge and its ``ChatCompletion``
+objects cost ~1.2 ms of CPU per judgment, several times what the HTTP exchange itself costs
+(``benchmarks/client_floor.py``); in front of a fast judge fleet the client was the limit. What
+the SDK did for us is here: the ``Authorization: Bearer`` header, retries with backoff,
+``Retry-After``, per-try timeouts, and its error kinds (``grm_plugin.engines.errors``).
 
 Example:
     >>> cfg = OpenAIEngineConfig(base_url="http://127.0.0.1:8000/v1")
@@ -8,26 +15,55 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import logging
 import random
+import re
+import sys
 import time
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
-import openai
-from openai.types.chat import ChatCompletion
+import aiohttp
 
 from ..config import OpenAIEngineConfig
-from .base import EngineError, GenerationRequest, JudgeEngine
+from .base import GenerationRequest, JudgeEngine
+from .errors import (
+    EngineBadResponse,
+    EngineConnectionError,
+    EngineError,
+    EnginePromptTooLong,
+    EngineRateLimited,
+    EngineRejected,
+    EngineServerError,
+    EngineTimeout,
+    map_exceptions,
+)
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout_at as _timeout_at
+else:  # aiohttp depends on async-timeout below 3.11
+    from async_timeout import timeout_at as _timeout_at
 
 log = logging.getLogger(__name__)
 
-_RETRYABLE = (
-    openai.APIConnectionError,  # includes APITimeoutError
-    openai.RateLimitError,
-    openai.InternalServerError,
-    openai.APIResponseValidationError,
+#: aiohttp's failures -> ours, first match wins (a timeout of aiohttp's is also a ClientError)
+_AIOHTTP_ERRORS: dict[type[BaseException], type[EngineError]] = {
+    TimeoutError: EngineTimeout,
+    asyncio.TimeoutError: EngineTimeout,  # not the builtin before 3.11
+    aiohttp.ClientPayloadError: EngineBadResponse,  # the body was cut short
+    aiohttp.ClientError: EngineConnectionError,  # refused, reset, disconnected
+    OSError: EngineConnectionError,
+}
+
+#: how servers say that the prompt does not fit the model's context (vLLM, SGLang, OpenAI,
+#: transformers serve): the caller's input, so it is never retried
+_TOO_LONG = re.compile(
+    r"context.length|maximum context|max_model_len|longer than the maximum|prompt is too long"
+    r"|too many (input )?tokens",
+    re.IGNORECASE,
 )
 
 
@@ -39,11 +75,11 @@ class _Replica:
 
 @dataclass
 class _LoopState:
-    """What one event loop owns: httpx connections and asyncio primitives must not cross loops."""
+    """What one event loop owns: connections and asyncio primitives must not cross loops."""
 
-    clients: dict[str, openai.AsyncOpenAI]
+    session: aiohttp.ClientSession | None
     semaphore: asyncio.Semaphore
-    #: resolved when the engine is garbage collected: the keeper then closes the clients
+    #: resolved when the engine is garbage collected: the keeper then closes the session
     stop: asyncio.Future
     closed: bool = False
 
@@ -53,8 +89,8 @@ _KEEPERS: set[asyncio.Task] = set()
 
 
 async def _keep(state: _LoopState, finalizer: weakref.finalize) -> None:
-    """Owns one loop's clients until the loop shuts down (``asyncio.run`` cancels every task)
-    or the engine is garbage collected, then closes them. It holds no reference to the engine,
+    """Owns one loop's session until the loop shuts down (``asyncio.run`` cancels every task)
+    or the engine is garbage collected, then closes it. It holds no reference to the engine,
     so it does not keep the engine alive."""
     try:
         await state.stop
@@ -69,9 +105,9 @@ async def _keep(state: _LoopState, finalizer: weakref.finalize) -> None:
 
 async def _close(state: _LoopState) -> None:
     state.closed = True
-    clients, state.clients = list(state.clients.values()), {}
-    for client in clients:
-        await client.close()
+    session, state.session = state.session, None
+    if session is not None:
+        await session.close()
 
 
 def _stop_soon(loop: asyncio.AbstractEventLoop, stop: asyncio.Future) -> None:
@@ -92,7 +128,8 @@ class OpenAIEngine(JudgeEngine):
     answers with fewer choices (e.g. ``transformers serve``) gets the rest as parallel requests,
     and is remembered as such. Each try gets ``GenerationRequest.request_timeout``; tries are
     retried with backoff (``Retry-After`` honoured) until ``max_retries`` or the request's
-    ``expiry`` (the item's deadline, one clock for every call of the item); then ``EngineError``.
+    ``expiry`` (the item's deadline, one clock for every call of the item); then the last
+    try's error, of its kind (``grm_plugin.engines.errors``).
 
     Clients are per event loop and closed when their loop shuts down (``asyncio.run`` cancels
     the keeper task that owns them), so many short-lived loops do not leak sockets. The engine
@@ -107,6 +144,10 @@ class OpenAIEngine(JudgeEngine):
         self._model: str | None = config.model
         self._native_n: bool | None = {"native": True, "parallel": False}.get(config.n_mode)
         self.context_window = config.context_window
+        self.max_in_flight = config.concurrency
+
+    #: every try and every backoff wait is bounded by the request's expiry
+    honours_expiry = True
 
     def __getstate__(self) -> dict:
         # clients, sockets and loop-bound primitives stay behind; what was learnt travels
@@ -125,7 +166,8 @@ class OpenAIEngine(JudgeEngine):
                 _KEEPERS.discard(keeper)
             for old in [lp for lp, st in self._loops.items() if st.closed or lp.is_closed()]:
                 del self._loops[old]
-            state = _LoopState({}, asyncio.Semaphore(self.config.concurrency), loop.create_future())
+            semaphore = asyncio.Semaphore(self.config.concurrency)
+            state = _LoopState(self._new_session(), semaphore, loop.create_future())
             self._loops[loop] = state
             finalizer = weakref.finalize(self, _stop_soon, loop, state.stop)
             keeper = loop.create_task(_keep(state, finalizer), name="grm-openai-clients")
@@ -133,40 +175,43 @@ class OpenAIEngine(JudgeEngine):
             keeper.add_done_callback(_KEEPERS.discard)
         return state
 
-    def _client(self, replica: _Replica) -> openai.AsyncOpenAI:
-        state = self._state()
-        client = state.clients.get(replica.url)
-        if client is None:
-            client = openai.AsyncOpenAI(
-                base_url=replica.url,
-                api_key=self.config.api_key,
-                max_retries=0,
-                timeout=None,  # each try is bounded by asyncio.wait_for (request + expiry)
-                http_client=_aiohttp_client(),
-            )
-            state.clients[replica.url] = client
-        return client
+    def _new_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            headers={
+                "Authorization": f"Bearer {self.config.api_key}",
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                # some hosted gateways refuse requests without one
+                "User-Agent": "grm-plugin",
+            },
+            # the engine's semaphore bounds requests in flight; each try has one timeout of
+            # ours (request + expiry), so aiohttp's own (5 min total by default) is off
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=None, sock_read=None),
+        )
 
     def _pick(self) -> _Replica:
+        if len(self._replicas) == 1:
+            return self._replicas[0]
         low = min(r.outstanding for r in self._replicas)
         return random.choice([r for r in self._replicas if r.outstanding == low])
 
     async def _model_name(self, request: GenerationRequest) -> str:
         if self._model is None:
             # listing models is part of the item: same expiry
-            page = await self._call(lambda c: c.models.list(), request)
-            ids = [m.id for m in page.data]
+            page = await self._call("GET", "/models", None, request)
+            data = page.get("data") if isinstance(page, dict) else None
+            ids = [m.get("id") for m in data or [] if isinstance(m, dict) and m.get("id")]
             if not ids:
-                raise EngineError("the server lists no models; set engine.model")
+                raise EngineRejected("the server lists no models; set engine.model")
             self._model = ids[0]
         return self._model
 
-    async def _call(self, fn, request: GenerationRequest):
-        """Call ``fn(client)`` with retries until ``max_retries`` or the request's expiry.
-
-        The expiry covers the wait for a concurrency slot too: a request queued behind a slow
-        server must not outlive its item.
-        """
+    async def _call(
+        self, method: str, path: str, body: bytes | None, request: GenerationRequest
+    ) -> Any:
+        """The decoded JSON answer, with retries until ``max_retries`` or the request's expiry;
+        the last try's error otherwise (its class: ``grm_plugin.engines.errors``)."""
         cfg = self.config
         expiry = request.expiry
         started = time.monotonic()
@@ -174,64 +219,86 @@ class OpenAIEngine(JudgeEngine):
         while True:
             replica = self._pick()
             replica.outstanding += 1
-            left = expiry.remaining()
             try:
-                return await asyncio.wait_for(
-                    self._attempt(fn, replica, request),
-                    timeout=None if left is None else max(0.01, left),
-                )
-            except (*_RETRYABLE, asyncio.TimeoutError, json.JSONDecodeError) as e:
-                # JSONDecodeError: a truncated or garbled body (proxy or server hiccup)
-                err: Exception = e
-            except openai.APIStatusError as e:  # 4xx other than 429: retrying will not help
-                raise EngineError(f"{replica.url}: HTTP {e.status_code}: {e.message}") from e
+                return await self._attempt(method, replica, path, body, request)
+            except EngineError as e:
+                if not e.retryable:
+                    raise
+                err = e
             finally:
                 replica.outstanding -= 1
             attempt += 1
             delay = min(8.0, 0.5 * 2 ** (attempt - 1)) * (0.5 + random.random())
-            retry_after = _retry_after(err)
-            if retry_after is not None:
-                delay = retry_after
+            if err.retry_after is not None:
+                delay = err.retry_after
             left = expiry.remaining()
             if attempt > cfg.max_retries or (left is not None and delay >= left):
-                raise EngineError(
-                    f"{replica.url}: {_describe(err)} (after {attempt} tries, "
-                    f"{time.monotonic() - started:.1f}s)"
+                raise type(err)(
+                    f"{err} (after {attempt} tries, {time.monotonic() - started:.1f}s)"
                 ) from err
             log.debug("retrying in %.2fs after %r", delay, err)
             await asyncio.sleep(delay)
 
-    async def _attempt(self, fn, replica: _Replica, request: GenerationRequest):
-        """One try: wait for a slot, then call with the per-request timeout (capped by what is
-        left of the expiry once the slot is ours)."""
-        async with self._state().semaphore:
-            timeout = request.attempt_timeout()
-            return await asyncio.wait_for(
-                fn(self._client(replica)), timeout=None if timeout is None else max(0.01, timeout)
-            )
+    async def _attempt(
+        self,
+        method: str,
+        replica: _Replica,
+        path: str,
+        body: bytes | None,
+        request: GenerationRequest,
+    ) -> Any:
+        """One try, under one timeout: the expiry while it waits for a slot (a request queued
+        behind a slow server must not outlive its item), then ``request_timeout`` capped by
+        the expiry once the slot is ours."""
+        state = self._state()
+        session = state.session
+        assert session is not None
+        expiry_at = request.expiry.at
+        limit = request.request_timeout
+        bound: float | None = None
+        with map_exceptions(_AIOHTTP_ERRORS, replica.url):
+            try:
+                async with _timeout_at(expiry_at) as scope:
+                    async with state.semaphore:
+                        if limit is not None:
+                            when = time.monotonic() + max(0.01, limit)
+                            if expiry_at is None or when < expiry_at:
+                                bound = max(0.01, limit)
+                                _reschedule(scope, when)
+                        async with session.request(method, replica.url + path, data=body) as resp:
+                            raw = await resp.read()
+                            status = resp.status
+                            headers = resp.headers
+            except (TimeoutError, asyncio.TimeoutError):  # one class from 3.11
+                what = f"within {bound:.1f}s" if bound is not None else "before the deadline"
+                raise EngineTimeout(f"{replica.url}: no answer {what}") from None
+        if status >= 300:
+            raise _status_error(replica.url, status, raw, headers)
+        try:
+            return json.loads(raw)
+        except ValueError as e:  # a truncated or garbled body (proxy or server hiccup)
+            raise EngineBadResponse(f"{replica.url}: {type(e).__name__}: {e}") from e
 
     async def _complete(self, request: GenerationRequest, n: int) -> list[str]:
-        model = await self._model_name(request)
-        kwargs = dict(
-            model=model,
-            messages=request.messages,
-            n=n,
-            temperature=request.temperature,
-            max_tokens=request.max_tokens,
-        )
+        model = self._model or await self._model_name(request)
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": request.messages,
+            "n": n,
+            "temperature": request.temperature,
+            "max_tokens": request.max_tokens,
+        }
         if request.seed is not None:
-            kwargs["seed"] = request.seed
-        body = {**kwargs, **self.config.extra_body}
-        # client.post (the openai client's documented call for any endpoint) instead of
-        # chat.completions.create: create() walks every message through its TypedDict
-        # transform, ~0.5 ms of CPU per request for plain string messages (at_scale.py)
-        resp = await self._call(
-            lambda c: c.post("/chat/completions", body=body, cast_to=ChatCompletion), request
-        )
-        return _texts_of(resp)
+            body["seed"] = request.seed
+        if self.config.extra_body:
+            body.update(self.config.extra_body)
+        payload = json.dumps(body, ensure_ascii=False).encode()
+        return _texts_of(await self._call("POST", "/chat/completions", payload, request))
 
     async def generate(self, request: GenerationRequest) -> list[str]:
-        if request.n == 1 or self._native_n is False:
+        if request.n == 1:
+            return await self._complete(request, 1)  # (gather would cost a task)
+        if self._native_n is False:
             outs = await asyncio.gather(*(self._complete(request, 1) for _ in range(request.n)))
             return [o[0] for o in outs]
         texts = await self._complete(request, request.n)
@@ -258,20 +325,59 @@ class OpenAIEngine(JudgeEngine):
                 state.stop.set_result(None)  # the keeper has nothing left to close
 
 
-def _texts_of(resp: object) -> list[str]:
+def _reschedule(scope: Any, when: float) -> None:
+    # asyncio.Timeout.reschedule (3.11+); async_timeout's is called update
+    (getattr(scope, "reschedule", None) or scope.update)(when)
+
+
+def _status_error(url: str, status: int, raw: bytes, headers: Any) -> EngineError:
+    """The error an HTTP status stands for, with the server's own message."""
+    message = _error_message(raw)
+    text = f"{url}: HTTP {status}: {message}"
+    if status == 429:
+        return EngineRateLimited(text, retry_after=_retry_after(headers))
+    if status == 408:
+        return EngineTimeout(text)
+    if status >= 500:
+        err: EngineError = EngineServerError(text)
+        err.retry_after = _retry_after(headers)
+        return err
+    if status in (400, 413, 422) and _TOO_LONG.search(message):
+        return EnginePromptTooLong(text)
+    return EngineRejected(text)  # other 4xx: retrying will not help
+
+
+def _error_message(raw: bytes) -> str:
+    """The message of an error body: ``{"error": {"message": ...}}`` (OpenAI, vLLM),
+    ``{"error": "..."}``, ``{"message"|"detail": ...}``, or the start of the text."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return raw[:200].decode("utf-8", "replace")
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict):
+            error = error.get("message") or error.get("detail") or error
+        return str(error)[:500]
+    return str(body)[:200]
+
+
+def _texts_of(resp: Any) -> list[str]:
     """The choices' texts; anything but a string (or a null, i.e. no text) is the server's
     failure, never the caller's bad input."""
-    choices = getattr(resp, "choices", None)
+    choices = resp.get("choices") if isinstance(resp, dict) else None
     if not isinstance(choices, list) or not choices:
-        raise EngineError(f"malformed completion: no choices in {str(resp)[:200]!r}")
+        raise EngineBadResponse(f"malformed completion: no choices in {str(resp)[:200]!r}")
     texts = []
     for i, choice in enumerate(choices):
-        message = getattr(choice, "message", None)
-        if message is None:
-            raise EngineError(f"malformed completion: choice {i} has no message ({choice!r:.80})")
-        content = getattr(message, "content", None)
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            raise EngineBadResponse(
+                f"malformed completion: choice {i} has no message ({choice!r:.80})"
+            )
+        content = message.get("content")
         if content is not None and not isinstance(content, str):
-            raise EngineError(
+            raise EngineBadResponse(
                 f"malformed completion: choice {i} content is {type(content).__name__} "
                 f"({content!r:.80}), not text"
             )
@@ -279,40 +385,24 @@ def _texts_of(resp: object) -> list[str]:
     return texts
 
 
-def _aiohttp_client() -> openai.DefaultAioHttpClient | None:
-    """openai's aiohttp transport when installed (``openai[aiohttp]``), else None (httpx).
-
-    httpx's connection pool checks every pooled connection on each request, so with 64
-    connections the client spent ~4 ms of CPU per request; aiohttp ~1.7 ms
-    (``benchmarks/at_scale.py``): at thousands of requests the client's CPU is the bottleneck.
-    """
-    factory = getattr(openai, "DefaultAioHttpClient", None)
-    if factory is None:
+def _retry_after(headers: Any) -> float | None:
+    """Seconds a server asked us to wait: ``retry-after-ms``, ``Retry-After`` in seconds or
+    as an HTTP date (the forms the openai SDK honoured)."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
         return None
     try:
-        return factory()
-    except RuntimeError:  # openai without the aiohttp extra
-        return None
-
-
-def _describe(err: Exception) -> str:
-    """``Type: message`` of a failed try. openai's aiohttp transport reports a refused or reset
-    connection as a connect *timeout*; such a failure is named by its real cause instead."""
-    cause = err.__cause__
-    while cause is not None and not type(cause).__module__.startswith("aiohttp"):
-        cause = cause.__cause__
-    if isinstance(err, openai.APITimeoutError) and cause is not None:
-        if "Timeout" not in type(cause).__name__:
-            return f"APIConnectionError: {cause}"
-    return f"{type(err).__name__}: {err}"
-
-
-def _retry_after(err: Exception) -> float | None:
-    response = getattr(err, "response", None)
-    if response is None:
-        return None
-    value = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
+        return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
         return None
+    return max(0.0, when.timestamp() - time.time())

@@ -15,11 +15,13 @@ from collections.abc import Sequence
 from ..config import VLLMEngineConfig
 from .base import EngineError, GenerationRequest, JudgeEngine
 from .batching import MicroBatcher
+from .errors import map_exceptions
 from .transformers_engine import resolve_model_source
 
 
 class VLLMEngine(JudgeEngine):
-    """Concurrent requests are coalesced into one ``LLM.chat`` call (vLLM batches them)."""
+    """Concurrent requests are coalesced into one ``LLM.chat`` call (vLLM batches them); what a
+    batch raises reaches callers as an ``EngineError`` (``batching.LOCAL_ERRORS``)."""
 
     def __init__(self, config: VLLMEngineConfig, max_batch_rows: int = 1024) -> None:
         try:
@@ -36,10 +38,8 @@ class VLLMEngine(JudgeEngine):
         )
         if config.max_model_len:
             kwargs["max_model_len"] = config.max_model_len
-        try:
+        with map_exceptions({RuntimeError: EngineError}, "vLLM could not start (it needs a GPU)"):
             self.llm = vllm.LLM(**kwargs)
-        except RuntimeError as e:
-            raise EngineError(f"vLLM could not start (it needs a GPU): {e}") from e
         self._vllm = vllm
         self.tokenizer = self.llm.get_tokenizer()
         self.context_window = self.llm.llm_engine.model_config.max_model_len
