@@ -4,6 +4,7 @@ RL for 2 steps each (trl + peft for real), and the saved folders load as judges.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -103,7 +104,11 @@ def test_sft_completion_only_loss_masks_the_prompt(tiny: Path, records: Path) ->
 
 
 def test_cli_collect_sft_rl_eval_as_in_the_readme(
-    tiny: Path, records: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    tiny: Path,
+    records: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     data = tmp_path / "train.jsonl"
     data.write_text("".join(it.model_dump_json(exclude_none=True) + "\n" for it in ITEMS))
@@ -124,15 +129,29 @@ def test_cli_collect_sft_rl_eval_as_in_the_readme(
     rl = tmp_path / "judge-rl"
     argv = ["spct", "rl", str(data), "--base", str(sft), "--out", str(rl), "--steps", "2"]
     argv += ["--group-size", "2", "--max-completion-length", "16", "--no-progress"]
-    assert main(argv) == 0
+    with caplog.at_level(logging.WARNING, logger="grm_plugin.spct.rl"):
+        assert main(argv) == 0
     printed = capsys.readouterr().out
     line = next(ln for ln in printed.splitlines() if ln.startswith("per step: "))
     per_step = json.loads(line.removeprefix("per step: "))
     assert [m["step"] for m in per_step] == [1, 2]
-    # random weights: nothing parses, so every judgment is -1
+    # random weights: nothing parses, so every judgment is -1: every group has zero variance,
+    # and each such step is logged as one that cannot learn (the SmolLM2 run of issue 17)
     assert all(m["spct/parse_rate"] == 0.0 and m["spct/accuracy"] == 0.0 for m in per_step)
+    assert all(m["spct/zero_variance_groups"] == 1.0 for m in per_step)
+    warned = [r.getMessage() for r in caplog.records if "cannot learn" in r.getMessage()]
+    assert len(warned) == 2 and "step 1" in warned[0]
+    assert "2 of 2 steps had equal rewards in every group" in printed
     saved = json.loads((rl / "spct_train.json").read_text())
     assert saved["stage"] == "rl" and saved["steps"] == 2 and saved["settings"]["beta"] == 0.08
+    assert saved["steps_without_signal"] == 2
+    # the loss and temperature trl actually ran with: stated choices, GRPO's loss by default
+    assert saved["trl_args"] == {
+        "loss_type": "grpo",
+        "scale_rewards": "group",
+        "temperature": 1.0,
+        "beta": 0.08,
+    }
 
     report_dir = tmp_path / "eval"
     argv = ["eval", str(data), "--model", str(rl), "--samples", "1", "--max-new-tokens", "16"]
@@ -151,3 +170,119 @@ def test_cli_reads_the_example_config(tiny: Path, tmp_path: Path) -> None:
     assert main([*argv, "--model", str(tiny), "--max-new-tokens", "16", "--no-progress"]) == 0
     counts = json.loads((tmp_path / "rft.counts.json").read_text())
     assert counts["samples"] == 6 and counts["hint_retried"] == 1  # samples: 3, hint_retry: true
+
+
+def test_rl_loss_and_temperature_are_stated_choices_flags_win(
+    tmp_path: Path, records: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GRPO's loss by default (not trl's dapo); the YAML sets loss, temperature and checkpoints,
+    flags win (through the real CLI, up to the training call); typos are refused."""
+    import grm_plugin.spct.rl as rl_module
+    import grm_plugin.spct.sft as sft_module
+    from grm_plugin.spct import RLSettings, SPCTConfig
+
+    assert (RLSettings().loss_type, RLSettings().temperature) == ("grpo", 1.0)
+    seen: dict = {}
+
+    def fake_rl(items, out, settings, **kwargs):  # noqa: ANN001, ANN003
+        seen["rl"] = settings
+        return {"log_history": [], "steps": 0, "steps_without_signal": 0, "train_seconds": 0}
+
+    def fake_sft(records, out, settings, **kwargs):  # noqa: ANN001, ANN003
+        seen["sft"] = settings
+        return {"examples": 0, "steps": 0, "train_seconds": 0, "train_loss": 0.0}
+
+    monkeypatch.setattr(rl_module, "train_rl", fake_rl)
+    monkeypatch.setattr(sft_module, "train_sft", fake_sft)
+    config = tmp_path / "spct.yaml"
+    config.write_text(
+        "rl:\n  loss_type: dr_grpo\n  temperature: 0.7\n  scale_rewards: none\n  save_steps: 3\n"
+    )
+    data = tmp_path / "train.jsonl"
+    data.write_text(ITEMS[0].model_dump_json() + "\n")
+    argv = ["spct", "rl", str(data), "--out", "o", "--config", str(config)]
+    assert main([*argv, "--loss-type", "dapo"]) == 0
+    rl = seen["rl"]
+    assert (rl.loss_type, rl.temperature, rl.scale_rewards, rl.save_steps) == (
+        "dapo",
+        0.7,
+        "none",
+        3,
+    )
+    assert main([*argv, "--temperature", "0.9", "--save-steps", "5"]) == 0
+    assert (seen["rl"].loss_type, seen["rl"].temperature, seen["rl"].save_steps) == (
+        "dr_grpo",
+        0.9,
+        5,
+    )
+    assert main(["spct", "sft", str(records), "--out", "o", "--save-steps", "7"]) == 0
+    assert seen["sft"].save_steps == 7
+    with pytest.raises(ValueError):
+        SPCTConfig.model_validate({"rl": {"loss_type": "ppo"}})
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _stop_at(step: int):
+    from transformers import TrainerCallback
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            if state.global_step == step:
+                raise _Interrupt(f"killed at step {step}")
+
+    return StopAt()
+
+
+def _count_steps():
+    from transformers import TrainerCallback
+
+    class Count(TrainerCallback):
+        steps = 0
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            Count.steps += 1
+
+    return Count()
+
+
+def test_sft_resumes_from_its_last_checkpoint(tiny: Path, records: Path, tmp_path: Path) -> None:
+    from grm_plugin.spct._train import checkpoints_path
+
+    out = tmp_path / "sft"
+    settings = SFTSettings(base=str(tiny), lora=LoraSettings(r=4, alpha=8), max_steps=3)
+    settings = settings.model_copy(update={"save_steps": 1})
+    recs = read_rft_records(records)
+    with pytest.raises(_Interrupt):
+        train_sft(recs, out, settings, progress=False, callbacks=[_stop_at(2)])
+    assert (checkpoints_path(out) / "checkpoint-1").is_dir() and not out.exists()
+    counter = _count_steps()
+    report = train_sft(recs, out, settings, progress=False, callbacks=[counter])
+    assert report["resumed_from"].endswith("checkpoint-1") and report["steps"] == 3
+    assert counter.steps == 2  # steps 2 and 3 only: step 1 came from the checkpoint
+    assert [h["step"] for h in report["log_history"] if "loss" in h] == [1, 2, 3]
+    assert not checkpoints_path(out).exists()  # removed once the judge is saved
+    _loads_as_judge(out)
+
+
+def test_rl_resumes_from_its_last_checkpoint(tiny: Path, tmp_path: Path) -> None:
+    from grm_plugin.spct import RLSettings
+    from grm_plugin.spct._train import checkpoints_path
+    from grm_plugin.spct.rl import train_rl
+
+    out = tmp_path / "rl"
+    settings = RLSettings(
+        base=str(tiny), steps=2, group_size=2, max_completion_length=16, save_steps=1
+    )
+    with pytest.raises(_Interrupt):
+        train_rl(ITEMS, out, settings, progress=False, callbacks=[_stop_at(2)])
+    assert (checkpoints_path(out) / "checkpoint-1").is_dir()
+    counter = _count_steps()
+    report = train_rl(ITEMS, out, settings, progress=False, callbacks=[counter])
+    assert report["resumed_from"].endswith("checkpoint-1") and report["steps"] == 2
+    assert counter.steps == 1
+    # the zero-variance share of the step run before the interruption survived the resume
+    shares = [h["spct/zero_variance_groups"] for h in report["log_history"] if "loss" in h]
+    assert shares == [1.0, 1.0] and report["steps_without_signal"] == 2

@@ -8,7 +8,7 @@ import sys
 
 from .engine_args import add_judge_args, judge_config_from_args
 
-_CONFIG_HELP = "SPCT config, YAML or JSON (sections judge, collect, sft, rl)"
+_CONFIG_HELP = "SPCT config, YAML or JSON (sections judge, make_pairs, collect, sft, rl)"
 
 
 def _load(args: argparse.Namespace):
@@ -37,6 +37,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     steps = p.add_subparsers(dest="spct_command", required=True)
 
+    m = steps.add_parser(
+        "make-pairs",
+        help="labeled judge items from problems with a reference answer",
+        description='Sample N solutions per problem ({"id", "question", "answer"}, JSONL) from '
+        "a policy model (--model / --server; default: the embedded judge model), check each "
+        "final answer (make_pairs.checker, numeric built in) and pair a right one with a wrong "
+        "one (the reference solution when none is right). Writes judge items "
+        '({"id", "source", "prompt", "responses", "best", "reference"}) that collect, rl and '
+        "eval read. Rerunning with the same --out resumes.",
+    )
+    m.add_argument("problems", help="problems with reference answers, JSONL")
+    m.add_argument("--out", required=True, help="judge items (JSONL); resumed when it exists")
+    m.add_argument("--checker", help="answer checker: registered name or module:attribute")
+    m.add_argument("--id-field")
+    m.add_argument("--question-field")
+    m.add_argument("--answer-field")
+    m.add_argument("--solution-field", help="reference solution field ('' for none)")
+    m.add_argument("--source", help="source label of the items (default make-pairs)")
+    m.add_argument("--limit", type=int, help="only the first N valid problems")
+    m.add_argument("--no-progress", action="store_true")
+    add_judge_args(m)
+    _retune(m, samples_help="solutions sampled per problem N (default 4)")
+    for action in m._actions:
+        if "--no-shuffle" in action.option_strings:
+            action.help = argparse.SUPPRESS  # a judge option: solutions have nothing to shuffle
+    m.set_defaults(func=run_make_pairs)
+
     c = steps.add_parser(
         "collect",
         help="sample judgments on labeled data and keep the correct ones",
@@ -47,6 +74,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("data", help="labeled items, JSONL")
     c.add_argument("--out", required=True, help="records file (JSONL); resumed when it exists")
     c.add_argument("--hint-retry", action="store_true", help="hinted round for all-wrong items")
+    c.add_argument(
+        "--hack-negatives",
+        action="store_true",
+        help="add a master-key and a self-praise response to each item as wrong candidates",
+    )
     c.add_argument("--limit", type=int, help="only the first N valid items")
     c.add_argument("--no-progress", action="store_true")
     add_judge_args(c)
@@ -70,6 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--batch-size", type=int)
     s.add_argument("--max-length", type=int)
     s.add_argument("--device")
+    s.add_argument("--save-steps", type=int, help="checkpoint every N steps; a rerun resumes")
     s.add_argument("--config", help=_CONFIG_HELP)
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=run_sft)
@@ -88,9 +121,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--group-size", type=int)
     r.add_argument("--beta", type=float, help="KL coefficient (default 0.08)")
     r.add_argument("--lr", type=float)
-    r.add_argument("--temperature", type=float)
+    r.add_argument("--temperature", type=float, help="judgment sampling temperature (1.0)")
+    r.add_argument(
+        "--loss-type",
+        choices=["grpo", "dapo", "dr_grpo", "bnpo"],
+        help="trl loss (default grpo, the paper's; trl's own default is dapo)",
+    )
     r.add_argument("--max-completion-length", type=int)
     r.add_argument("--device")
+    r.add_argument("--save-steps", type=int, help="checkpoint every N steps; a rerun resumes")
     r.add_argument("--limit", type=int)
     r.add_argument("--config", help=_CONFIG_HELP)
     r.add_argument("--no-progress", action="store_true")
@@ -103,6 +142,53 @@ def _retune(p: argparse.ArgumentParser, samples_help: str) -> None:
             action.help = _CONFIG_HELP
         if "--samples" in action.option_strings:
             action.help = samples_help
+
+
+def run_make_pairs(args: argparse.Namespace) -> int:
+    from ..engines import make_engine
+    from ..spct.checkers import get_checker
+    from ..spct.make_pairs import counts_path, make_pairs, read_problems
+
+    spct = _load(args)
+    flags = {
+        "samples": "samples",
+        "temperature": "temperature",
+        "max_new_tokens": "max_new_tokens",
+        "seed": "seed",
+        "checker": "checker",
+        "id_field": "id_field",
+        "question_field": "question_field",
+        "answer_field": "answer_field",
+        "solution_field": "solution_field",
+        "source": "source",
+    }
+    settings = _overrides(spct.make_pairs, args, flags)
+    if settings.solution_field == "":
+        settings = settings.model_copy(update={"solution_field": None})
+    # the policy engine: make_pairs.engine, else the judge's; --model / --server win
+    base = spct.judge.model_copy(deep=True)
+    if settings.engine is not None:
+        base.engine = settings.engine
+    for dest in ("samples", "temperature", "max_new_tokens", "seed"):
+        setattr(args, dest, None)  # make_pairs settings, applied above
+    cfg = judge_config_from_args(args, base=base)
+    checker = get_checker(settings.checker)
+    problems, report = read_problems(args.problems, settings, checker, args.limit)
+    for message in report.messages[:10]:
+        print(f"skipped {message}", file=sys.stderr)
+    counts = make_pairs(
+        problems,
+        args.out,
+        settings,
+        lambda: make_engine(cfg.engine),
+        checker=checker,
+        read_report=report,
+        request_timeout=cfg.deadline.request,
+        progress=not args.no_progress,
+    )
+    print(counts.summary())
+    print(f"wrote {args.out} and {counts_path(args.out)}")
+    return 0
 
 
 def run_collect(args: argparse.Namespace) -> int:
@@ -120,9 +206,13 @@ def run_collect(args: argparse.Namespace) -> int:
     items, report = read_items(args.data, args.limit)
     for message in report.messages[:10]:
         print(f"skipped {message}", file=sys.stderr)
-    rm = GenerativeRewardFn.from_config(cfg)
+    if args.hack_negatives or spct.collect.hack_negatives:
+        from ..spct.hack_negatives import add_hack_negatives
+
+        items = add_hack_negatives(items)
     counts = collect(
-        rm,
+        # built only when some item is left: a finished run resumed loads no model
+        lambda: GenerativeRewardFn.from_config(cfg),
         items,
         args.out,
         hint_retry=args.hint_retry or spct.collect.hint_retry,
@@ -150,6 +240,7 @@ def run_sft(args: argparse.Namespace) -> int:
             "batch_size": "batch_size",
             "max_length": "max_length",
             "device": "device",
+            "save_steps": "save_steps",
         },
     )
     if args.drop_hinted:
@@ -178,8 +269,10 @@ def run_rl(args: argparse.Namespace) -> int:
             "beta": "beta",
             "lr": "learning_rate",
             "temperature": "temperature",
+            "loss_type": "loss_type",
             "max_completion_length": "max_completion_length",
             "device": "device",
+            "save_steps": "save_steps",
         },
     )
     items, report = read_items(args.data, args.limit)
@@ -192,11 +285,14 @@ def run_rl(args: argparse.Namespace) -> int:
         principles=spct.judge.principles,
         progress=not args.no_progress,
     )
+    keys = ("step", "spct/accuracy", "spct/parse_rate", "spct/zero_variance_groups")
     metrics = [
-        {k: h[k] for k in ("step", "spct/accuracy", "spct/parse_rate") if k in h}
-        for h in result["log_history"]
-        if "spct/accuracy" in h
+        {k: h[k] for k in keys if k in h} for h in result["log_history"] if "spct/accuracy" in h
     ]
     print("per step: " + json.dumps(metrics))
+    print(
+        f"{result['steps_without_signal']} of {result['steps']} steps had equal rewards in "
+        "every group (zero advantage: they could not learn)"
+    )
     print(f"rl: {result['steps']} steps, {result['train_seconds']:.0f}s -> {args.out}")
     return 0

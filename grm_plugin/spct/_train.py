@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +51,18 @@ def peft_config(lora: LoraSettings | None) -> Any:
     )
 
 
-def save_judge(model: Any, tokenizer: Any, out: Path, report: dict) -> Path:
+def save_judge(
+    model: Any, tokenizer: Any, out: Path, report: dict, accelerator: Any = None
+) -> Path:
     """Save a plain transformers folder (LoRA merged in) that ``GenerativeRewardFn(out)`` and
-    ``grm-plugin eval --model out`` load like any model; ``report`` goes to ``spct_train.json``."""
+    ``grm-plugin eval --model out`` load like any model; ``report`` goes to ``spct_train.json``.
+
+    Under ``accelerate launch`` every process holds the same trained weights: only the main
+    process (of ``accelerator``, the trainer's) writes, the others wait until it has, so no
+    process renames the folder another one is still writing."""
+    if accelerator is not None and not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+        return out
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     tmp = out.with_name(out.name + ".tmp")
@@ -61,9 +74,103 @@ def save_judge(model: Any, tokenizer: Any, out: Path, report: dict) -> Path:
     if out.exists():
         shutil.rmtree(out)
     tmp.replace(out)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
     return out
+
+
+def save_trained_judge(
+    trainer: Any, tokenizer: Any, out: Path, report: dict, base: str | None, sharded: bool = False
+) -> Path:
+    """``save_judge`` for a trainer's model, from every process of the run.
+
+    Sharded runs (FSDP, DeepSpeed ZeRO-3; ``sharded`` forces this path) hold no whole weights
+    anywhere: every process takes part in ``trainer.save_model``, which gathers them (FSDP
+    ``FULL_STATE_DICT``, ZeRO-3 ``zero3_save_16bit_model``) into one folder, and the main
+    process merges a LoRA adapter from there into a fresh CPU copy of ``base``."""
+    accelerator = trainer.accelerator
+    if not (sharded or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        return save_judge(trainer.model, tokenizer, out, report, accelerator)
+    gathered = out.with_name(out.name + ".gathered")
+    trainer.save_model(str(gathered))
+    if accelerator.is_main_process:
+        if (gathered / "adapter_config.json").exists():
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(load_base(base, "cpu")[0], str(gathered))
+        else:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(str(gathered), dtype="float32")
+        save_judge(model, tokenizer, out, report)
+        shutil.rmtree(gathered, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return out
+
+
+def trl_config(config_class: type, ours: dict[str, Any], extra: dict[str, Any]) -> Any:
+    """``config_class(**ours, **extra)``, where ``extra`` (a settings section's ``trl``) may only
+    add fields: one that another setting sets, or that ``config_class`` lacks, is refused.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass
+        ... class Args:
+        ...     lr: float = 0.1
+        ...     use_vllm: bool = False
+        >>> trl_config(Args, {"lr": 0.5}, {"use_vllm": True})
+        Args(lr=0.5, use_vllm=True)
+        >>> trl_config(Args, {"lr": 0.5}, {"lr": 1.0})
+        Traceback (most recent call last):
+        ValueError: trl: ['lr'] are set by other settings of this section: set them there
+    """
+    import dataclasses
+
+    taken = sorted(set(ours) & set(extra))
+    if taken:
+        raise ValueError(f"trl: {taken} are set by other settings of this section: set them there")
+    unknown = sorted(set(extra) - {f.name for f in dataclasses.fields(config_class)})
+    if unknown:
+        raise ValueError(f"trl: {unknown} are not fields of trl's {config_class.__name__}")
+    return config_class(**ours, **extra)
 
 
 def trainer_device_args(device: str) -> dict[str, Any]:
     """TrainingArguments for the device (no mixed precision on CPU)."""
     return {"use_cpu": device == "cpu", "bf16": device.startswith("cuda")}
+
+
+def checkpoints_path(out: str | Path) -> Path:
+    """Where trainer checkpoints of a run saving to ``out`` go (``judge-sft.checkpoints``)."""
+    p = Path(out)
+    return p.with_name(p.name + ".checkpoints")
+
+
+@dataclass
+class WorkDir:
+    """The trainer's output_dir, its save arguments and the checkpoint to resume from."""
+
+    path: str
+    args: dict[str, Any] = field(default_factory=dict)
+    resume_from: str | None = None
+
+
+@contextmanager
+def work_dir(out: Path, save_steps: int) -> Iterator[WorkDir]:
+    """``save_steps`` 0: a temporary folder, nothing saved. Otherwise checkpoints every
+    ``save_steps`` steps (the last one kept) in ``checkpoints_path(out)``, resumed from when a
+    run finds one there, and removed once the run has finished (the judge is saved by then)."""
+    if save_steps <= 0:
+        with tempfile.TemporaryDirectory(prefix="spct-") as tmp:
+            yield WorkDir(tmp, {"save_strategy": "no"})
+        return
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt = checkpoints_path(out)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    yield WorkDir(
+        str(ckpt),
+        {"save_strategy": "steps", "save_steps": save_steps, "save_total_limit": 1},
+        get_last_checkpoint(str(ckpt)),
+    )
+    shutil.rmtree(ckpt, ignore_errors=True)

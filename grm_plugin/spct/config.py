@@ -1,4 +1,5 @@
-"""SPCT settings: one YAML file with ``judge``, ``collect``, ``sft`` and ``rl`` sections.
+"""SPCT settings: one YAML file with ``judge``, ``make_pairs``, ``collect``, ``sft`` and ``rl``
+sections.
 
 Example:
     >>> cfg = SPCTConfig.model_validate({"collect": {"samples": 4}, "rl": {"beta": 0.04}})
@@ -10,16 +11,53 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import JudgeConfig
+from ..config import EngineConfig, JudgeConfig
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class MakePairsSettings(_Strict):
+    """Judge items from problems with a reference answer: sample solutions from a policy model,
+    check their final answers, pair a right one with a wrong one."""
+
+    engine: EngineConfig | None = Field(
+        None, description="the policy that writes solutions (None: the judge section's engine)"
+    )
+    samples: int = Field(4, ge=1, description="solutions sampled per problem")
+    temperature: float = Field(0.8, ge=0.0, description="policy sampling temperature")
+    max_new_tokens: int = Field(
+        256, ge=16, description="tokens per solution (the embedded engine caps at 256)"
+    )
+    instruction: str = Field(
+        "Solve this math problem. Think step by step in a few short lines, then write the "
+        'final answer as a number on the last line, as "A: <number>".\n\n{question}',
+        description="the policy's user message; {question} is replaced by the problem",
+    )
+    checker: str = Field(
+        "numeric", description="answer checker: a registered name or 'module:attribute'"
+    )
+    id_field: str = "id"
+    question_field: str = "question"
+    answer_field: str = Field("answer", description="the reference final answer")
+    solution_field: str | None = Field(
+        "solution", description="reference solution, used when no sample is right (None: none)"
+    )
+    reference_format: str = Field(
+        "{solution}\nA: {answer}",
+        description="how the reference solution is written as a response ({solution}, {answer})",
+    )
+    source: str = Field(
+        "make-pairs", description="items' source: <source>-model-vs-model or -reference-vs-model"
+    )
+    chunk_size: int = Field(8, ge=1, description="problems sampled concurrently")
+    seed: int = Field(0, description="which right/wrong sample is paired, and best's position")
 
 
 class CollectSettings(_Strict):
@@ -33,6 +71,11 @@ class CollectSettings(_Strict):
         0, ge=0, description="re-sampling rounds for unparsable judgments (0: counts are exact)"
     )
     chunk_size: int = Field(8, ge=1, description="items judged concurrently (fills engine batches)")
+    hack_negatives: bool = Field(
+        False,
+        description="add a master-key and a self-praise response to each item as wrong "
+        "candidates (grm_plugin.spct.hack_negatives), so the trained judge learns to reject them",
+    )
 
 
 class LoraSettings(_Strict):
@@ -65,7 +108,19 @@ class SFTSettings(_Strict):
         "were sampled with, or leave them out",
     )
     device: str = Field("cpu", description="'cpu' or 'cuda'")
+    save_steps: int = Field(
+        0,
+        ge=0,
+        description="trainer checkpoint every N steps in <out>.checkpoints, resumed by a rerun "
+        "(0: none)",
+    )
     seed: int = 0
+    trl: dict[str, Any] = Field(
+        default_factory=dict,
+        description="more trl SFTConfig fields, passed as they are "
+        "(e.g. gradient_checkpointing: false); "
+        "a field set by another key of this section, or not in SFTConfig, is refused",
+    )
 
 
 class RLSettings(_Strict):
@@ -79,17 +134,42 @@ class RLSettings(_Strict):
     prompts_per_step: int = Field(1, ge=1)
     beta: float = Field(0.08, ge=0.0, description="KL coefficient (the paper: 0.08)")
     learning_rate: float = Field(1e-6, gt=0)
-    temperature: float = Field(1.0, gt=0)
+    # The paper trains with GRPO's own objective (its rule reward + KL 0.08, no format reward);
+    # trl 1.16 defaults to loss_type "dapo" (token-level normalization over the batch), so the
+    # loss is stated here: "grpo" (per-sequence length normalization, group-std scaled
+    # advantages) is our default, the other trl losses are one word away.
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = Field(
+        "grpo", description="trl GRPOConfig.loss_type (the paper: GRPO; trl's default: dapo)"
+    )
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="advantages divided by the group's reward std (GRPO), or not"
+    )
+    # The paper gives no RL sampling temperature (it votes at 0.5 at inference); 1.0 samples
+    # the judge's own distribution, the usual on-policy choice and trl's default.
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the judgments")
     max_completion_length: int = Field(512, ge=8)
     lora: LoraSettings | None = None
     device: str = "cpu"
+    save_steps: int = Field(
+        0,
+        ge=0,
+        description="trainer checkpoint every N steps in <out>.checkpoints, resumed by a rerun "
+        "(0: none)",
+    )
     seed: int = 0
+    trl: dict[str, Any] = Field(
+        default_factory=dict,
+        description="more trl GRPOConfig fields, passed as they are "
+        "(e.g. use_vllm: true, vllm_mode: colocate); "
+        "a field set by another key of this section, or not in GRPOConfig, is refused",
+    )
 
 
 class SPCTConfig(_Strict):
     """Everything ``grm-plugin spct`` reads from ``--config spct.yaml``."""
 
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    make_pairs: MakePairsSettings = Field(default_factory=MakePairsSettings)
     collect: CollectSettings = Field(default_factory=CollectSettings)
     sft: SFTSettings = Field(default_factory=SFTSettings)
     rl: RLSettings = Field(default_factory=RLSettings)

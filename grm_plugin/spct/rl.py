@@ -5,14 +5,22 @@ production template and truncation) with a freshly shuffled response order and f
 samples ``group_size`` judgments of it and the rule reward scores each +1/-1 from the row's
 ``order``, ``best`` / ``rating`` columns.
 
+The loss (``loss_type``, GRPO's by default, not trl's "dapo"), reward scaling and sampling
+temperature are stated settings, and the report records what trl ran with (``trl_args``). A
+group whose judgments all got the same reward (all +1, or all -1: e.g. nothing parses) has zero
+advantage and teaches nothing; the share of such groups is logged per step
+(``spct/zero_variance_groups``, from trl's ``frac_reward_zero_std``), and a step where it is 1
+is warned about: it cannot learn.
+
 Example:
     >>> report = train_rl(items, "judge-rl", RLSettings(steps=10))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import random
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +28,75 @@ from typing import Any
 
 from ..engines.base import EngineError, GenerationRequest, JudgeEngine
 from ..reward import GenerativeRewardFn
-from ._train import load_base, peft_config, save_judge, trainer_device_args
+from ._train import (
+    load_base,
+    peft_config,
+    save_trained_judge,
+    trainer_device_args,
+    trl_config,
+    work_dir,
+)
 from .config import RLSettings
 from .items import SPCTItem
 from .rule import spct_rule_reward
+
+log = logging.getLogger(__name__)
+
+#: per-step share of groups whose rewards were all equal (no learning signal)
+ZERO_VARIANCE_KEY = "spct/zero_variance_groups"
+
+
+class ZeroVarianceMonitor:
+    """Reads trl's per-step share of zero-variance reward groups from the training logs, keeps
+    it per step and warns when every group of a step had equal rewards.
+
+    Example:
+        >>> m = ZeroVarianceMonitor()
+        >>> m.observe(1, {"frac_reward_zero_std": 0.5}), m.observe(2, {"loss": 0.1})
+        (0.5, None)
+        >>> m.observe(3, {"frac_reward_zero_std": 1.0, "spct/parse_rate": 0.0})
+        1.0
+        >>> m.shares, m.steps_without_signal
+        ({1: 0.5, 3: 1.0}, 1)
+    """
+
+    def __init__(self) -> None:
+        self.shares: dict[int, float] = {}
+        self.steps_without_signal = 0
+
+    def observe(self, step: int, logs: dict[str, Any]) -> float | None:
+        share = logs.get("frac_reward_zero_std")
+        if share is None:
+            return None
+        share = float(share)
+        self.shares[step] = share
+        if share >= 1.0 - 1e-9:
+            self.steps_without_signal += 1
+            log.warning(
+                "step %d: every group's judgments got equal rewards (accuracy %s, parse rate %s):"
+                " zero advantage, this step cannot learn",
+                step,
+                logs.get("spct/accuracy"),
+                logs.get("spct/parse_rate"),
+            )
+        return share
+
+    def callback(self) -> Any:
+        """A transformers ``TrainerCallback`` that feeds this monitor and adds the share to the
+        step's entry of the trainer's log history."""
+        from transformers import TrainerCallback
+
+        monitor = self
+
+        class _ZeroVarianceCallback(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+                share = monitor.observe(state.global_step, logs or {})
+                history = state.log_history
+                # Trainer.log appends the step's entry just before calling on_log
+                if share is not None and history and history[-1].get("step") == state.global_step:
+                    history[-1][ZERO_VARIANCE_KEY] = share
+
+        return _ZeroVarianceCallback()
 
 
 class _PromptOnlyEngine(JudgeEngine):
@@ -80,11 +153,15 @@ def train_rl(
     principles: str | None = None,
     max_new_tokens: int | None = None,
     progress: bool = True,
+    callbacks: Sequence[Any] = (),
 ) -> dict:
     """GRPO on the judge ``settings.base`` (e.g. the SFT output) and save it at ``out``.
 
-    Returns the training report (also ``out/spct_train.json``), with per-step rule accuracy and
-    parse rate (``spct/accuracy``, ``spct/parse_rate``) in its log history.
+    With ``settings.save_steps``, a rerun after an interruption resumes from the last trainer
+    checkpoint (the rows are the same: they come from ``settings.seed``). Returns the training
+    report (also ``out/spct_train.json``), with per-step rule accuracy, parse rate and share of
+    zero-variance groups (``spct/accuracy``, ``spct/parse_rate``, ``spct/zero_variance_groups``)
+    in its log history, and ``steps_without_signal``: steps where every group had equal rewards.
     """
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -98,24 +175,35 @@ def train_rl(
         principles=principles,
     )
     per_step = settings.group_size * settings.prompts_per_step
-    rows = rl_rows(prompt_rm, items, settings.steps * settings.prompts_per_step, settings.seed)
+    # under `accelerate launch` each step takes prompts_per_step rows on every process: enough
+    # rows that no row (and so no response order) is seen twice
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    rows = rl_rows(
+        prompt_rm, items, settings.steps * settings.prompts_per_step * processes, settings.seed
+    )
     out = Path(out)
-    with tempfile.TemporaryDirectory(prefix="spct-rl-") as work:
-        args = GRPOConfig(
-            output_dir=work,
-            max_steps=settings.steps,
-            per_device_train_batch_size=per_step,
-            num_generations=settings.group_size,
-            beta=settings.beta,
-            learning_rate=settings.learning_rate,
-            temperature=settings.temperature,
-            max_completion_length=settings.max_completion_length,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            seed=settings.seed,
-            disable_tqdm=not progress,
-            **trainer_device_args(settings.device),
+    with work_dir(out, settings.save_steps) as work:
+        args = trl_config(
+            GRPOConfig,
+            dict(
+                output_dir=work.path,
+                max_steps=settings.steps,
+                per_device_train_batch_size=per_step,
+                num_generations=settings.group_size,
+                beta=settings.beta,
+                learning_rate=settings.learning_rate,
+                temperature=settings.temperature,
+                loss_type=settings.loss_type,
+                scale_rewards=settings.scale_rewards,
+                max_completion_length=settings.max_completion_length,
+                logging_steps=1,
+                report_to="none",
+                seed=settings.seed,
+                disable_tqdm=not progress,
+                **work.args,
+                **trainer_device_args(settings.device),
+            ),
+            settings.trl,
         )
         trainer = GRPOTrainer(
             model=model,
@@ -124,18 +212,31 @@ def train_rl(
             train_dataset=Dataset.from_list(rows),
             processing_class=tok,
             peft_config=peft_config(settings.lora),
+            callbacks=[ZeroVarianceMonitor().callback(), *callbacks],
         )
         started = time.perf_counter()
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=work.resume_from)
         seconds = time.perf_counter() - started
-    report = {
-        "stage": "rl",
-        "items": len(items),
-        "rows": len(rows),
-        "steps": result.global_step,
-        "train_seconds": seconds,
-        "log_history": trainer.state.log_history,
-        "settings": settings.model_dump(mode="json"),
-    }
-    save_judge(trainer.model, tok, out, report)
+        history = trainer.state.log_history  # restored from the checkpoint on a resumed run
+        report = {
+            "stage": "rl",
+            "processes": trainer.accelerator.num_processes,  # accelerate launch
+            "items": len(items),
+            "rows": len(rows),
+            "steps": result.global_step,
+            "train_seconds": seconds,
+            "resumed_from": work.resume_from,
+            "steps_without_signal": sum(
+                1 for h in history if h.get(ZERO_VARIANCE_KEY, 0.0) >= 1.0 - 1e-9
+            ),
+            "trl_args": {
+                "loss_type": trainer.args.loss_type,
+                "scale_rewards": trainer.args.scale_rewards,
+                "temperature": trainer.args.temperature,
+                "beta": trainer.args.beta,
+            },
+            "log_history": history,
+            "settings": settings.model_dump(mode="json"),
+        }
+        save_trained_judge(trainer, tok, out, report, settings.base)
     return report

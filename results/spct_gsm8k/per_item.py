@@ -1,0 +1,209 @@
+"""Per-item results, the table, paired tests and the plot of the GSM8K SPCT experiment.
+
+Reads the evaluation draws (``eval/<stage>/<shard>/samples.jsonl``, written by ``grm-plugin eval``)
+of every stage that has them and writes:
+
+- ``per_item.jsonl``: one line per held-out item, stage and k, ``{"id", "stage", "k", "correct"}``;
+  ``correct`` is strict: the best response got strictly the highest vote (a tie, or an item with
+  no parsed sample, is wrong). k = 1, 2, 4, 8 on the ``k8`` shards (voting over the first k
+  samples of one draw of 8), k = 1 on every shard.
+- ``summary.json`` / ``summary.md``: per stage and k, strict accuracy with a Wilson 95% interval,
+  tie rate, no-vote rate, sample parse-failure rate, and tie-broken accuracy (labeled as such);
+  exact McNemar tests between stages on the same items; the preference items at k = 1.
+- ``accuracy_vs_k.png``: strict accuracy against k, one line per stage, on the k8 items.
+
+    python results/spct_gsm8k/per_item.py
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+from grm_plugin.evaluation import read_draws, samples_at_k, wilson_interval
+from grm_plugin.voting import argmax_random_tie, vote
+
+HERE = Path(__file__).resolve().parent
+STAGES = ("base", "rft", "rl")
+KS = (1, 2, 4, 8)
+
+
+def outcome(samples: Sequence, best: int, n: int, rng: random.Random) -> dict:
+    """Strict and tie-broken correctness of one item from these samples."""
+    valid = [s.scores for s in samples if s.scores is not None]
+    if not valid:
+        return {
+            "correct": False,
+            "tie_broken": rng.randrange(n) == best,
+            "tied": False,
+            "no_vote": True,
+        }
+    _, sums = vote(valid, n)
+    top = max(sums)
+    tied = sums.count(top) > 1
+    return {
+        "correct": sums[best] == top and not tied,
+        "tie_broken": argmax_random_tie(sums, rng) == best,
+        "tied": tied,
+        "no_vote": False,
+    }
+
+
+def mcnemar(a: dict[str, bool], b: dict[str, bool]) -> dict:
+    """Exact two-sided McNemar test on the items both have: b_only vs a_only discordant pairs."""
+    ids = sorted(set(a) & set(b))
+    a_only = sum(a[i] and not b[i] for i in ids)
+    b_only = sum(b[i] and not a[i] for i in ids)
+    m = a_only + b_only
+    tail = sum(math.comb(m, i) for i in range(min(a_only, b_only) + 1)) / 2**m if m else 1.0
+    return {"n": len(ids), "first_only": a_only, "second_only": b_only, "p": min(1.0, 2 * tail)}
+
+
+def stage_draws(stage: str, prefix: str) -> list:
+    draws = []
+    for folder in sorted((HERE / "eval" / stage).glob(f"{prefix}*")):
+        if (folder / "samples.jsonl").is_file():
+            draws += read_draws(folder / "samples.jsonl")
+    return draws
+
+
+def main() -> None:
+    rows: list[dict] = []
+    stats: dict[str, dict] = {}
+    correct: dict[tuple[str, int], dict[str, bool]] = {}
+    preference: dict[str, dict[str, bool]] = {}
+    for stage in STAGES:
+        rng = random.Random(0)
+        for prefix, ks in (("heldout_k8", KS), ("heldout_k1", (1,))):
+            for d in stage_draws(stage, prefix):
+                for k in ks:
+                    chosen = samples_at_k(d.result.samples, k)
+                    o = outcome(chosen, d.item.best, len(d.item.responses), rng)
+                    o["parse_failures"] = sum(s.scores is None for s in chosen)
+                    o["samples"] = len(chosen)
+                    rows.append({"id": d.item.id, "stage": stage, "k": k, "correct": o["correct"]})
+                    correct.setdefault((stage, k), {})[d.item.id] = o["correct"]
+                    stats.setdefault(f"{stage}@{k}", []).append(o)
+        pref = stage_draws(stage, "preference")
+        if pref:
+            preference[stage] = {
+                d.item.id: outcome(
+                    samples_at_k(d.result.samples, 1), d.item.best, len(d.item.responses), rng
+                )["correct"]
+                for d in pref
+            }
+    (HERE / "per_item.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = []
+    for key, outs in stats.items():
+        stage, k = key.split("@")
+        n, c = len(outs), sum(o["correct"] for o in outs)
+        lo, hi = wilson_interval(c, n)
+        table.append(
+            {
+                "stage": stage,
+                "k": int(k),
+                "n": n,
+                "correct": c,
+                "accuracy": c / n,
+                "ci95": [lo, hi],
+                "tie_rate": sum(o["tied"] for o in outs) / n,
+                "no_vote_rate": sum(o["no_vote"] for o in outs) / n,
+                "parse_failure_rate": sum(o["parse_failures"] for o in outs)
+                / max(1, sum(o["samples"] for o in outs)),
+                "tie_broken_accuracy": sum(o["tie_broken"] for o in outs) / n,
+            }
+        )
+    tests = []
+    for first, second in (("base", "rft"), ("base", "rl"), ("rft", "rl")):
+        for k in KS:
+            if (first, k) in correct and (second, k) in correct:
+                tests.append(
+                    {
+                        "first": first,
+                        "second": second,
+                        "k": k,
+                        **mcnemar(correct[first, k], correct[second, k]),
+                    }
+                )
+    pref_table = {
+        s: {
+            "n": len(v),
+            "correct": sum(v.values()),
+            "ci95": wilson_interval(sum(v.values()), len(v)),
+        }
+        for s, v in preference.items()
+    }
+    pref_tests = [
+        {"first": a, "second": b, **mcnemar(preference[a], preference[b])}
+        for a, b in (("base", "rft"), ("base", "rl"))
+        if a in preference and b in preference
+    ]
+    summary = {
+        "table": table,
+        "mcnemar": tests,
+        "preference": pref_table,
+        "preference_mcnemar": pref_tests,
+    }
+    (HERE / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = [
+        "| stage | k | n | strict accuracy | 95% CI | ties | no vote | parse failures "
+        "(samples) | tie-broken accuracy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in table:
+        lines.append(
+            f"| {t['stage']} | {t['k']} | {t['n']} | {t['accuracy']:.1%} | "
+            f"{t['ci95'][0]:.1%}-{t['ci95'][1]:.1%} | {t['tie_rate']:.1%} | "
+            f"{t['no_vote_rate']:.1%} | {t['parse_failure_rate']:.1%} | "
+            f"{t['tie_broken_accuracy']:.1%} |"
+        )
+    lines += [
+        "",
+        "| McNemar | k | items | first only | second only | exact p |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {t['first']} vs {t['second']} | {t['k']} | {t['n']} | {t['first_only']} | "
+        f"{t['second_only']} | {t['p']:.4f} |"
+        for t in tests
+    ]
+    (HERE / "summary.md").write_text("\n".join(lines) + "\n")
+    plot(correct)
+    print("\n".join(lines))
+
+
+def plot(correct: dict[tuple[str, int], dict[str, bool]]) -> None:
+    """Strict accuracy against k on the k8 items (the same items at every k), per stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for stage in STAGES:
+        if (stage, 8) not in correct:
+            continue
+        ids = sorted(correct[stage, 8])
+        acc, lo, hi = [], [], []
+        for k in KS:
+            c = sum(correct[stage, k][i] for i in ids)
+            low, high = wilson_interval(c, len(ids))
+            acc.append(c / len(ids))
+            lo.append(acc[-1] - low)
+            hi.append(high - acc[-1])
+        ax.errorbar(KS, acc, yerr=[lo, hi], marker="o", capsize=3, label=f"{stage} (n={len(ids)})")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(KS, [str(k) for k in KS])
+    ax.set_xlabel("k (judgments voted)")
+    ax.set_ylabel("strict accuracy (95% CI)")
+    ax.set_title("GSM8K held-out pairs: accuracy vs k")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(HERE / "accuracy_vs_k.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()

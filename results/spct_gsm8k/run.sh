@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The GSM8K SPCT experiment (PLAN.md): runs or resumes every stage, in order.
+#
+#   results/spct_gsm8k/run.sh            # all stages; rerun after any stop to resume
+#   results/spct_gsm8k/run.sh collect    # one stage (split make-pairs collect sft rl
+#                                        #   eval-base eval-rft eval-rl report)
+#   TIME_LIMIT=3h results/spct_gsm8k/run.sh   # stop after 3 hours (a "piece"); rerun resumes
+#
+# Resume units: make-pairs and collect per problem / item (their progress logs), sft and rl from
+# trainer checkpoints (save_steps in spct.yaml), eval per shard (a shard whose report.json exists
+# is not run again). Each command's wall time is appended to timings.txt. One real-model process
+# at a time: the stages run one after the other, never in parallel.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+R=results/spct_gsm8k
+DATA=${DATA:-../shared/data}
+CFG=$R/spct.yaml
+if [[ -n "${TIME_LIMIT:-}" && -z "${_SPCT_TIMED:-}" ]]; then
+  # SIGINT first: trainers and our writers stop between records; a rerun picks up from there
+  _SPCT_TIMED=1 exec timeout --signal=INT --kill-after=5m "$TIME_LIMIT" "$0" "$@"
+fi
+
+step() {  # step NAME CMD...: run CMD, append its wall time to timings.txt
+  local name=$1; shift
+  local t0=$SECONDS
+  echo "+ $*" >&2
+  "$@"
+  echo "$name $((SECONDS - t0)) s $(date -u +%FT%TZ)" >> $R/timings.txt
+}
+
+split() {
+  [[ -f $R/data/problems.jsonl ]] && return 0
+  step split python $R/split.py --data "$DATA" --out-dir $R/data
+}
+
+make_pairs() {  # resumes per problem; a finished run loads no model
+  split
+  step make-pairs grm-plugin spct make-pairs $R/data/problems.jsonl --out $R/train.jsonl \
+    --config $CFG --no-progress
+  # every id used in training (collect and rl both read train.jsonl), checked against held-out
+  python - "$R" <<'EOF'
+import json, sys
+from pathlib import Path
+r = Path(sys.argv[1])
+ids = [json.loads(ln)["id"] for ln in (r / "train.jsonl").read_text().splitlines() if ln.strip()]
+held = set((r / "data" / "heldout_ids.txt").read_text().split())
+assert not held & set(ids), "a held-out id is in the training items"
+(r / "train_ids.txt").write_text("".join(i + "\n" for i in ids))
+print(f"train_ids.txt: {len(ids)} ids, none held out")
+EOF
+}
+
+collect() {  # resumes per item
+  step collect grm-plugin spct collect $R/train.jsonl --out $R/rft.jsonl --config $CFG \
+    --no-progress
+}
+
+sft() {  # resumes from the last checkpoint in models/judge-rft.checkpoints
+  [[ -f $R/models/judge-rft/spct_train.json ]] && return 0
+  step sft grm-plugin spct sft $R/rft.jsonl --out $R/models/judge-rft --config $CFG --no-progress
+}
+
+rl() {  # resumes from the last checkpoint in models/judge-rl.checkpoints
+  [[ -f $R/models/judge-rl/spct_train.json ]] && return 0
+  step rl grm-plugin spct rl $R/train.jsonl --base $R/models/judge-rft --out $R/models/judge-rl \
+    --config $CFG --no-progress
+}
+
+evaluate() {  # evaluate STAGE: every held-out shard, then the preference items; per shard
+  local stage=$1 shard name ks
+  for shard in $R/data/heldout_k8_*.jsonl $R/data/heldout_k1_*.jsonl $R/data/preference.jsonl; do
+    name=$(basename "$shard" .jsonl)
+    [[ -f $R/eval/$stage/$name/report.json ]] && continue
+    ks=1
+    [[ $name == heldout_k8_* ]] && ks=1,2,4,8
+    # one draw of max(k) samples per item; k < 8 are its first k samples. --seed: the same
+    # response orders for every stage, so stages differ only in the judge
+    step "eval-$stage-$name" grm-plugin eval "$shard" --config $R/judge_$stage.yaml \
+      --samples $ks --seed 0 --out $R/eval/$stage/$name --no-progress
+  done
+}
+
+report() {
+  step report python $R/per_item.py
+}
+
+stages=("$@")
+[[ ${#stages[@]} -eq 0 ]] && stages=(split make-pairs collect sft rl eval-base eval-rft eval-rl report)
+for s in "${stages[@]}"; do
+  case $s in
+    split) split ;;
+    make-pairs) make_pairs ;;
+    collect) collect ;;
+    sft) sft ;;
+    rl) rl ;;
+    eval-base) evaluate base ;;
+    eval-rft) evaluate rft ;;
+    eval-rl) evaluate rl ;;
+    report) report ;;
+    *) echo "unknown stage: $s" >&2; exit 2 ;;
+  esac
+done
