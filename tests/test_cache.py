@@ -3,6 +3,7 @@ SQLite store), concurrent identical items sharing one judgment (grm_plugin.cache
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 
 import pytest
@@ -120,8 +121,17 @@ def test_disk_store_survives_a_restart(tmp_path) -> None:
     assert resumed._judgment_cache.stats()["hits"] == 1
 
 
+class SlowRuleJudge(RuleJudgeEngine):
+    """Suspends before answering, as a real engine does: the batch's other items start while
+    the first is judged (an instant double finishes each item before the next starts)."""
+
+    async def generate(self, request):
+        await asyncio.sleep(0.05)
+        return await super().generate(request)
+
+
 def test_concurrent_identical_items_share_one_judgment() -> None:
-    engine = RuleJudgeEngine()
+    engine = SlowRuleJudge()
     rm = judge(engine)
     results = rm.score_batch(["Q?"] * 3 + ["R?"], [["a", "b"], ["b", "a"], ["a", "b"], ["a"]])
     assert len(engine.requests) == 2
