@@ -5,6 +5,9 @@ verl asks for one sample at a time (``RewardLoopWorker`` makes one task per samp
 concurrent calls that share a group key (the sample's prompt and reference, and its ``uid``)
 wait up to ``group_window`` seconds for each other and are judged together, in chunks of at
 most ``group_size`` (``grm_plugin.grouping.GroupBatcher``). Identical responses are judged once.
+With ``reward.num_workers > 1`` under Ray, verl spreads a uid's samples over its reward workers;
+the manager then sends every sample to one named Ray actor per job, which runs this same path
+for all workers (``grm_plugin.adapters.verl_group_actor``; ``group_actor=false`` turns it off).
 
 Two ways in, no code change in verl:
 
@@ -51,6 +54,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -68,9 +72,11 @@ if TYPE_CHECKING:  # verl (and torch) are only needed for the reward manager
 __all__ = [
     "EXTRA_KEYS",
     "MANAGER_NAME",
+    "JudgeRequest",
     "VerlSettings",
     "compute_score",
     "get_manager_cls",
+    "judge_request",
     "set_reward_fn",
 ]
 
@@ -124,6 +130,11 @@ class VerlSettings(BaseModel):
     )
     rollout_n: int | None = Field(
         None, ge=1, description="responses per prompt (manager: actor_rollout_ref.rollout.n)"
+    )
+    group_actor: bool = Field(
+        True,
+        description="manager with reward.num_workers > 1 under Ray: judge every worker's "
+        "samples in one named Ray actor per job, so that a uid's samples meet",
     )
     scale: Literal["unit", "raw", "sum"] = "unit"
     on_failure: Literal["abstain", "fallback"] = "abstain"
@@ -336,8 +347,12 @@ async def _judge(
     *,
     group: Hashable | None = None,
     expected: int | None = None,
+    spent: float = 0.0,
 ) -> dict[str, float]:
     """Judge one response with the others of its group; returns ``{"score", *EXTRA_KEYS}``.
+
+    ``spent``: seconds of this sample's deadline already used elsewhere (a resend after the
+    group actor died), so that a resent sample keeps one deadline, not a fresh one.
 
     Raises only when the judge cannot be built (no or a bad config): every sample would fail.
     """
@@ -351,7 +366,7 @@ async def _judge(
     deadline = rm.deadline.batch or rm.deadline.item or 24 * 3600.0
     judged = await _batcher(rm, settings, expected).judge(
         RewardItem(shown, response, reference, group=key if group is None else (*key, group)),
-        timeout=deadline + settings.group_window,
+        timeout=deadline + settings.group_window - spent,
     )
     # verl needs a number: an abstained sample gets the mean of the others judged with it
     sample = judged_reward(policy, judged, empty=not response.strip())
@@ -359,6 +374,46 @@ async def _judge(
     mine.no_prompt = prompt is None
     _tally.add(mine)
     return {"score": sample.reward, **mine.flags(), GROUP_SIZE_KEY: float(sample.group_size)}
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    """One sample's ``_judge`` call as data: what a reward worker sends to the job's group
+    actor (``grm_plugin.adapters.verl_group_actor``) when verl runs several workers."""
+
+    prompt: str | list[dict[str, str]] | None
+    response: str
+    ground_truth: Any
+    settings: VerlSettings
+    router_address: str | None
+    group: Hashable | None = None
+    expected: int | None = None
+    #: seconds of the sample's deadline used before this send (resends after an actor died)
+    spent: float = 0.0
+
+
+async def judge_request(request: JudgeRequest) -> dict[str, float]:
+    """``_judge`` for a ``JudgeRequest``: the in-process path, run where the request lands.
+
+    Example:
+        >>> from grm_plugin import GenerativeRewardFn
+        >>> from grm_plugin.testing import RuleJudgeEngine
+        >>> set_reward_fn(GenerativeRewardFn(RuleJudgeEngine()))
+        >>> request = JudgeRequest("Say hi", "hi", None, VerlSettings(group_window=0), None)
+        >>> asyncio.run(judge_request(request))["grm_raw"]  # RuleJudgeEngine: 1 + len("hi")
+        3.0
+        >>> set_reward_fn(None)
+    """
+    return await _judge(
+        request.prompt,
+        request.response,
+        request.ground_truth,
+        request.settings,
+        request.router_address,
+        group=request.group,
+        expected=request.expected,
+        spent=request.spent,
+    )
 
 
 # --------------------------------------------------------------------------- reward function
@@ -449,16 +504,24 @@ def _make_manager_cls() -> type:
             self.reward_router_address = reward_router_address
             self.reward_model_tokenizer = reward_model_tokenizer
             workers = _plain(reward_cfg.get("num_workers"))
+            from grm_plugin.adapters.verl_group_actor import group_router
+
+            # several workers: a uid's samples meet in the job's group actor (one process)
+            self._router = group_router(
+                self.settings, reward_router_address, workers, self.expected
+            )
             if (
-                isinstance(workers, int)
+                self._router is None
+                and isinstance(workers, int)
                 and workers > 1
                 and self.settings.chunk_size(self.expected) > 1
             ):
                 log.warning(
-                    "grm reward manager: reward.num_workers=%d; verl sends each sample to one "
-                    "worker (at random when rewards stream from the rollout), so a prompt's "
-                    "responses are judged together only when they reach the same worker. Set "
-                    "reward.num_workers=1 (judging is I/O-bound: one async worker suffices).",
+                    "grm reward manager: reward.num_workers=%d without a group actor (Ray not "
+                    "initialised, or group_actor=false): verl sends each sample to one worker, "
+                    "so a prompt's responses are judged together only when they reach the same "
+                    "worker. Set reward.num_workers=1 (judging is I/O-bound: one async worker "
+                    "suffices).",
                     workers,
                 )
             self._warned_no_reference = False
@@ -498,7 +561,7 @@ def _make_manager_cls() -> type:
                 )
             ground_truth = (reward_model or {}).get("ground_truth")
             uid = _plain(non_tensor.get("uid"))
-            out = await _judge(
+            request = JudgeRequest(
                 prompt,
                 response,
                 ground_truth,
@@ -507,6 +570,10 @@ def _make_manager_cls() -> type:
                 group=None if uid is None else str(uid),
                 expected=self.expected,
             )
+            if self._router is not None:
+                out = await self._router.judge(request)
+            else:
+                out = await judge_request(request)
             return {"reward_score": out["score"], "reward_extra_info": out}
 
     # picklable by name (resolved through __getattr__ below)

@@ -725,6 +725,14 @@ def test_every_verl_override_in_readme_composes_in_verl() -> None:
         adapter.VerlSettings.from_kwargs(found)  # every documented setting exists
 
 
+def test_readme_more_settings_are_settings() -> None:
+    section = _verl_section((ROOT / "README.md").read_text())
+    paragraph = section[section.index("More settings") : section.index("An unknown key")]
+    names = set(re.findall(r"`([a-z_]+)`", paragraph))
+    assert "group_actor" in names and len(names) >= 10
+    assert names <= set(adapter.VerlSettings.model_fields)
+
+
 def _leaves(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     if isinstance(data, dict):
         for k, v in data.items():
@@ -758,6 +766,8 @@ class FakeRouter:
 
     def __init__(self) -> None:
         self.requests: list[dict] = []
+        #: when set and not open, judgments are held (counted on arrival) until it opens
+        self.gate: threading.Event | None = None
         app = FastAPI()
 
         @app.get("/v1/models")
@@ -768,6 +778,10 @@ class FakeRouter:
         async def chat(request: Request) -> dict:
             body = await request.json()
             self.requests.append(body)
+            for _ in range(6000):  # bounded: 60 s
+                if self.gate is None or self.gate.is_set():
+                    break
+                await asyncio.sleep(0.01)
             shown = responses_in_prompt(body["messages"][-1]["content"])
             judgment = rule_judgment(shown, lambda _: self.SCORE)
             return {
@@ -897,3 +911,142 @@ async def test_real_small_model_judges_a_uid_group_in_one_call(tokenizer) -> Non
     assert [sorted(s) for s in seen] == [["4", "five"]]
     assert all(set(o["reward_extra_info"]) == ALL_KEYS for o in outs)
     assert all(o["reward_extra_info"]["grm_group_size"] == 2.0 for o in outs)
+
+
+# ----------------------------------------------------------------------------- several workers
+
+# 3 uids x 4 responses: verl cuts the batch into 2 contiguous chunks of 6, so uid u1 is split
+# 2 + 2 across the two reward workers
+WORKER_GROUPS = {f"u{g}": [f"{g} answer {'x' * i}" for i in range(4)] for g in range(3)}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[Any]:
+    """A local Ray, as verl's trainer starts it (the reward workers are Ray actors)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def _workers_config(tokenizer_dir: str, router: FakeRouter, **reward_kwargs: Any) -> Any:
+    config = verl_config(
+        ["reward.reward_manager.name=grm", "reward.num_workers=2", "actor_rollout_ref.rollout.n=4"]
+    )
+    config.actor_rollout_ref.model.path = tokenizer_dir
+    engine = {"type": "openai", "base_url": f"http://{router.address}/v1", "model": "judge"}
+    with open_dict(config):
+        config.reward.reward_kwargs = {
+            "grm_config": {"engine": {**engine, "n_mode": "native"}},
+            "group_size": 4,
+            "group_window": 5,
+            **reward_kwargs,
+        }
+    return config
+
+
+def _run_reward_loop(ray: Any, config: Any) -> tuple[DataProto, list[Any]]:
+    """verl's own RewardLoopManager (2 RewardLoopWorker actors) on one batch."""
+    from verl.experimental.reward_loop.reward_loop import RewardLoopManager
+
+    samples = [(uid, r) for uid, responses in WORKER_GROUPS.items() for r in responses]
+    manager = RewardLoopManager(config)
+    try:
+        return manager.compute_rm_score(make_batch(_make_tokenizer(), samples)), samples
+    finally:
+        for handle in manager.reward_loop_workers:  # verl names them: free the names
+            ray.kill(handle)
+
+
+def _judged_uids(router: FakeRouter) -> list[tuple[str, int]]:
+    """(uid, responses shown) of every judge request, sorted."""
+    out = []
+    for body in router.requests:
+        content = body["messages"][-1]["content"]
+        uid = re.search(r"\((u\d)\)", content).group(1)
+        out.append((uid, len(responses_in_prompt(content))))
+    return sorted(out)
+
+
+@pytest.mark.parametrize(
+    ("workers", "ray_up", "group_actor", "group_size", "routed"),
+    [
+        (2, True, True, 4, True),
+        (1, True, True, 4, False),  # one worker: the in-process path
+        (2, False, True, 4, False),  # no Ray: the in-process path
+        (2, True, False, 4, False),  # turned off
+        (2, True, True, 1, False),  # pointwise: nothing to gather
+    ],
+)
+def test_group_actor_only_with_several_workers_under_ray(
+    monkeypatch, workers, ray_up, group_actor, group_size, routed
+) -> None:
+    import ray
+
+    from grm_plugin.adapters.verl_group_actor import GroupRouter, group_router
+
+    class Context:
+        def get_job_id(self) -> str:
+            return "01000000"
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: ray_up)
+    monkeypatch.setattr(ray, "get_runtime_context", Context)
+    settings = adapter.VerlSettings(group_actor=group_actor, group_size=group_size)
+    router = group_router(settings, None, workers, 4)
+    assert isinstance(router, GroupRouter) if routed else router is None
+    if routed:
+        assert router.name.startswith("grm-verl-groups-01000000-")
+
+
+@pytest.mark.parametrize(
+    ("group_actor", "judgments"),
+    [
+        (True, [("u0", 4), ("u1", 4), ("u2", 4)]),
+        # today's per-worker batchers: u1's halves judged apart (4 judgments for 3 groups)
+        (False, [("u0", 4), ("u1", 2), ("u1", 2), ("u2", 4)]),
+    ],
+)
+def test_two_reward_workers_judge_each_uid_once(
+    ray_cluster, tokenizer_dir, group_actor, judgments
+) -> None:
+    with FakeRouter() as router:
+        config = _workers_config(tokenizer_dir, router, group_actor=group_actor)
+        out, samples = _run_reward_loop(ray_cluster, config)
+
+    assert _judged_uids(router) == judgments
+    size = dict(judgments)  # responses each uid's samples were judged with
+    assert list(out.non_tensor_batch["grm_group_size"]) == [float(size[u]) for u, _ in samples]
+    assert not any(out.non_tensor_batch["grm_failed"])
+
+
+def test_group_actor_killed_mid_judgment_loses_no_sample(ray_cluster, tokenizer_dir) -> None:
+    from grm_plugin.adapters.verl_group_actor import NAMESPACE
+
+    ray = ray_cluster
+    with FakeRouter() as router:
+        router.gate = threading.Event()
+        config = _workers_config(tokenizer_dir, router)
+        result: dict[str, Any] = {}
+        runner = threading.Thread(
+            target=lambda: result.update(out=_run_reward_loop(ray, config)[0])
+        )
+        runner.start()
+        for _ in range(1200):  # until the actor holds all 3 groups in judgment (<= 120 s)
+            if len(router.requests) >= 3:
+                break
+            time.sleep(0.1)
+        assert len(router.requests) == 3
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+        (name,) = [n for n in names if n.startswith("grm-verl-groups-")]
+        ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+        router.gate.set()
+        runner.join(timeout=120)
+        assert not runner.is_alive()
+
+    # the 3 held judgments died with the actor; every sample was resent and judged once more
+    assert len(router.requests) == 6
+    router.requests = router.requests[3:]
+    assert _judged_uids(router) == [("u0", 4), ("u1", 4), ("u2", 4)]
+    out = result["out"]
+    assert list(out.non_tensor_batch["grm_group_size"]) == [4.0] * 12
+    assert not any(out.non_tensor_batch["grm_failed"])
