@@ -55,6 +55,11 @@ from .reward import GenerativeRewardFn
 
 log = logging.getLogger(__name__)
 
+#: a request header with the seconds left of the request's deadline elsewhere (the
+#: ``serve --workers`` front): the server answers within that if it is sooner than its own, so
+#: the front's clock counts, not a fresh deadline per hop. It can only shorten the deadline.
+DEADLINE_HEADER = "x-grm-deadline"
+
 #: protocol name -> "module:class"; imported on first use only
 PROTOCOLS: dict[str, str] = {"openrlhf": "grm_plugin.adapters.openrlhf:OpenRLHFProtocol"}
 
@@ -476,7 +481,7 @@ def create_app(
 
         state["in_flight"] += 1
         try:
-            remaining = deadline - (time.monotonic() - started)
+            remaining = _bound(request, deadline) - (time.monotonic() - started)
             judged = await asyncio.gather(
                 *(batcher.judge(item, timeout=remaining) for item in items)
             )
@@ -492,6 +497,15 @@ def create_app(
     for path in protocol.paths:
         app.add_api_route(path, get_reward, methods=["POST"])
     return app
+
+
+def _bound(request: Request, deadline: float) -> float:
+    """``deadline``, or the sooner one a forwarding front gave in ``DEADLINE_HEADER``."""
+    try:
+        given = float(request.headers.get(DEADLINE_HEADER, "inf"))
+    except ValueError:
+        return deadline
+    return min(deadline, given) if given > 0 else deadline
 
 
 def _prepare(protocol: RewardProtocol, body: bytes, max_items: int) -> tuple[list[RewardItem], Any]:

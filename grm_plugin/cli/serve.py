@@ -45,6 +45,17 @@ def finite_float(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
@@ -73,7 +84,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "0: each alone)",
     )
     p.add_argument("--group-size", type=int, help="at most this many judged together (8)")
-    p.add_argument("--max-concurrent", type=int, help="judgments run at once (256)")
+    p.add_argument("--max-concurrent", type=int, help="judgments run at once (256; per worker)")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="N server processes behind the one port; the samples of a prompt (same prompt "
+        "and label) always go to the same one, so they are still judged together (1: this "
+        "process serves alone)",
+    )
+    # set by the --workers front for each worker: its Unix socket instead of host/port
+    p.add_argument("--uds", help=argparse.SUPPRESS)
     p.add_argument(
         "--header-timeout",
         type=finite_float,
@@ -225,21 +246,31 @@ def run(args: argparse.Namespace) -> int:
     settings = build_settings(args, {**server_section, "protocol": name})
     # everything is checked before the judge loads: a bad flag costs no model load
     protocol = load_protocol(settings.protocol).from_section(section, protocol_overrides(args))
-    if settings.host not in _LOOPBACK and settings.token is None:
+    # a --workers worker (on its --uds socket) is reached only through its front
+    if settings.host not in _LOOPBACK and settings.token is None and not args.uds:
         print(
             f"grm-plugin: warning: serving on {settings.host} without a token: anyone who can "
             f"reach port {settings.port} can use the judge (set --token or ${TOKEN_ENV})",
             file=sys.stderr,
         )
+    deadline = settings.deadline or protocol.default_deadline
+    if args.workers > 1:
+        if cfg.engine.type != "openai":
+            print(
+                f"grm-plugin: warning: --workers {args.workers} with a local model: each worker "
+                f"loads its own copy ({args.workers} in all); a served judge (--server) is shared",
+                file=sys.stderr,
+            )
+        return run_front(args, settings, protocol, deadline)
     rm = GenerativeRewardFn.from_config(cfg)
     app = create_app(rm, protocol, settings)
-    deadline = settings.deadline or protocol.default_deadline
     level = logging.getLogger().getEffectiveLevel()
+    # a --workers front's worker listens on its Unix socket, host and port are the front's
+    where = {"uds": args.uds} if args.uds else {"host": settings.host, "port": settings.port}
     run_uvicorn(
         app,
         protocol.paths[0],
-        host=settings.host,
-        port=settings.port,
+        **where,
         log_level="info" if level <= logging.INFO else "warning",
         # uvicorn's h11 protocol plus a header deadline and a connection cap: slow or idle
         # clients (no token needed to open a socket) cannot use up the file descriptors
@@ -259,6 +290,39 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_front(
+    args: argparse.Namespace, settings: ServerSettings, protocol: Any, deadline: float
+) -> int:
+    """``--workers N``: this process is the front on the port; N workers (this command line
+    with ``--workers 1``, each on a Unix socket) judge. See ``grm_plugin.serve_workers``."""
+    from ..http_guard import default_max_connections, guarded_h11
+    from ..serve_workers import WorkerPool, create_front_app
+
+    argv = getattr(args, "argv", None)
+    if argv is None:
+        raise ValueError("--workers needs the command line (run it through grm_plugin.cli.main)")
+    command = [sys.executable, "-m", "grm_plugin.cli.main", *argv, "--workers", "1"]
+    pool = WorkerPool(command, args.workers, stop_timeout=deadline + 10)
+    level = logging.getLogger().getEffectiveLevel()
+    run_uvicorn(
+        create_front_app(pool, protocol, settings),
+        protocol.paths[0],
+        host=settings.host,
+        port=settings.port,
+        log_level="info" if level <= logging.INFO else "warning",
+        http=guarded_h11(
+            header_timeout=settings.header_timeout,
+            max_connections=settings.max_connections or default_max_connections(),
+        ),
+        timeout_keep_alive=5,
+        # the front's in-flight requests finish first (each within the deadline), then the
+        # lifespan stops the workers
+        timeout_graceful_shutdown=int(deadline) + 10,
+        access_log=False,
+    )
+    return 0
+
+
 def run_uvicorn(app: Any, path: str, **config: Any) -> None:
     """``uvicorn.run(app, **config)`` that also prints ``grm-plugin: listening on <URL>`` (the
     URL of ``path``) once the socket accepts connections: uvicorn says so only at log level info,
@@ -269,8 +333,12 @@ def run_uvicorn(app: Any, path: str, **config: Any) -> None:
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
             if self.started and self.servers and self.servers[0].sockets:
+                name = self.servers[0].sockets[0].getsockname()
+                if isinstance(name, str):  # a Unix socket (a --workers worker)
+                    print(f"grm-plugin: listening on {name}", file=sys.stderr, flush=True)
+                    return
                 # the bound address: with --port 0 the port the system picked
-                host, port = self.servers[0].sockets[0].getsockname()[:2]
+                host, port = name[:2]
                 host = f"[{host}]" if ":" in host else host
                 url = f"http://{host}:{port}{path}"
                 print(f"grm-plugin: listening on {url}", file=sys.stderr, flush=True)
