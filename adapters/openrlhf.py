@@ -42,6 +42,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
 
 from grm_plugin.config import CONFIG_ENV, JudgeConfig
+from grm_plugin.deadline import total_bound
 from grm_plugin.engines import JudgeEngine
 from grm_plugin.group_rewards import group_rewards, judged_reward
 from grm_plugin.grouping import GroupBatcher, Judged, RewardItem
@@ -430,7 +431,7 @@ class OpenRLHFReward:
         # the same defaults as ``grm-plugin serve``: samples of a prompt that arrive within
         # group_window of each other (from OpenRLHF's threads) are judged together
         self.server = server or ServerSettings()
-        self.deadline = self.server.deadline or DEFAULT_DEADLINE_S
+        self.deadline = total_bound(self.server.deadline, default=DEFAULT_DEADLINE_S)
         self.batcher = GroupBatcher(
             rm,
             window=self.server.group_window,

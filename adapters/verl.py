@@ -61,6 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from grm_plugin.cache import with_training_cache
 from grm_plugin.config import JudgeConfig, OpenAIEngineConfig, judge_config_from_env
+from grm_plugin.deadline import total_bound
 from grm_plugin.group_rewards import balanced_chunks, judged_reward
 from grm_plugin.grouping import GroupBatcher, RewardItem
 from grm_plugin.policy import REWARD_KEYS, RewardPolicy, RewardValue, summarize
@@ -99,6 +100,8 @@ PROMPT_PLACEHOLDER = (
 _VERL_KWARGS = frozenset({"reward_router_address", "reward_model_tokenizer"})
 #: judged samples between two INFO lines with the grm_* rates (training metrics do not get them)
 SUMMARY_EVERY = 256
+#: a sample's bound when the judge's deadline sets neither ``batch`` nor ``item``
+NO_DEADLINE_S = 24 * 3600.0
 
 
 class VerlSettings(BaseModel):
@@ -126,7 +129,10 @@ class VerlSettings(BaseModel):
     )
     group_size: int = Field(8, ge=1, description="responses of one prompt judged together, at most")
     group_window: float = Field(
-        5.0, ge=0.0, description="seconds a prompt's first response waits for the others"
+        5.0,
+        ge=0.0,
+        description="seconds a prompt's first response waits for the others (part of the "
+        "judge's deadline.batch, not added to it)",
     )
     rollout_n: int | None = Field(
         None, ge=1, description="responses per prompt (manager: actor_rollout_ref.rollout.n)"
@@ -363,10 +369,12 @@ async def _judge(
     # a judge call has one prompt and one reference: the uid alone would judge a second prompt
     # sharing it (a dataset's repeated uid) against the first one's question and reference
     key = ("verl", json.dumps([shown, reference], sort_keys=True, default=str))
-    deadline = rm.deadline.batch or rm.deadline.item or 24 * 3600.0
+    # the group window is spent out of the judge's deadline, not added to it: a configured
+    # batch deadline of 8 s answers within 8 s, as the server does (``total_bound``)
+    bound = total_bound(rm.deadline, default=NO_DEADLINE_S)
     judged = await _batcher(rm, settings, expected).judge(
         RewardItem(shown, response, reference, group=key if group is None else (*key, group)),
-        timeout=deadline + settings.group_window - spent,
+        timeout=bound - spent,
     )
     # verl needs a number: an abstained sample gets the mean of the others judged with it
     sample = judged_reward(policy, judged, empty=not response.strip())

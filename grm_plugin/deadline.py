@@ -95,6 +95,27 @@ class Expiry:
 NEVER = Expiry()
 
 
+def total_bound(limit: Deadline | float | None, default: float) -> float:
+    """Seconds from an item's arrival to its answer, *everything* included: a group window's
+    wait for the other responses, the wait for a judging slot, the judgment. The one rule for
+    every way in (the server's ``deadline`` setting, verl's samples): a group window is spent
+    out of this bound, never added to it, so the configured number is the longest wait.
+
+    ``limit``: a judge's ``Deadline`` (its ``batch`` limit, else its ``item`` limit), or a
+    number of seconds; ``default`` when it sets none.
+
+    >>> total_bound(Deadline(batch=8, item=30), default=150)
+    8.0
+    >>> total_bound(Deadline(item=30), default=150), total_bound(Deadline(), default=150)
+    (30.0, 150)
+    >>> total_bound(60.0, default=150), total_bound(None, default=150)
+    (60.0, 150)
+    """
+    if isinstance(limit, Deadline):
+        limit = limit.batch if limit.batch is not None else limit.item
+    return default if limit is None else limit
+
+
 def cap(timeout: float | None, expiry: Expiry) -> float | None:
     """``timeout`` shortened to what is left before ``expiry`` (None when neither limits).
 

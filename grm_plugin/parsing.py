@@ -45,7 +45,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import Enum, IntEnum
 
 SCORE_MIN, SCORE_MAX = 1.0, 10.0
 
@@ -90,6 +90,31 @@ _PRINCIPLES_HEAD = re.compile(
     r"^[ \t*#_]*(?:specific\s+criteria|principles?)[ \t*_]*:[ \t*_]*", re.IGNORECASE
 )
 _ANALYSIS_HEAD = re.compile(r"^[ \t*#_]*analysis[ \t*_]*:[ \t*_]*", re.IGNORECASE)
+
+
+class ScoreFormat(str, Enum):
+    """How a judge writes its final score line. A template declares the one it asks for
+    (``{# score_format: boxed #}``; default ``final_scores``) and the score-line prefill opens
+    that line; the parser reads every format here (a judge may answer in either).
+
+    >>> print(ScoreFormat("boxed").line_start)
+    \\boxed{
+    >>> [parse_judgment(f.line_start + "7, 3" + f.line_end, 2).scores for f in ScoreFormat]
+    [[7.0, 3.0], [7.0, 3.0]]
+    """
+
+    FINAL_SCORES = "final_scores"  # Final Scores: [[7, 3]]
+    BOXED = "boxed"  # ... \boxed{7, 3}
+
+    @property
+    def line_start(self) -> str:
+        """What the score line starts with, up to the first score (the prefill's text)."""
+        return "Final Scores: [[" if self is ScoreFormat.FINAL_SCORES else "\\boxed{"
+
+    @property
+    def line_end(self) -> str:
+        """What closes the score line after the last score."""
+        return "]]" if self is ScoreFormat.FINAL_SCORES else "}"
 
 
 class _Kind(IntEnum):
@@ -167,12 +192,10 @@ def _strip_decoration(line: str) -> str:
 def _verdict_of(lines: list[str], i: int) -> _Verdict | None:
     """Line ``i`` read as a verdict line of the judge's own, if it is one."""
     body = _strip_decoration(lines[i])
-    m = _STRICT.match(body)
-    if m:
-        return _Verdict(i, m.group(1), _Kind.STRONG)
-    m = _BOXED_END.search(body)
-    if m:
-        return _Verdict(i, m.group(1), _Kind.STRONG)
+    for pattern in _STRONG_LINES.values():
+        m = pattern.search(body)
+        if m:
+            return _Verdict(i, m.group(1), _Kind.STRONG)
     m = _BARE_LIST.match(body)
     if m:  # "Final Scores:" on its own line, the list on the next
         prev = next((j for j in range(i - 1, -1, -1) if lines[j].strip()), None)
@@ -184,6 +207,15 @@ def _verdict_of(lines: list[str], i: int) -> _Verdict | None:
     if m:
         return _Verdict(i, m.group(1) or m.group(2), _Kind.LOOSE)
     return None
+
+
+#: each format's own score line (``_STRICT`` is anchored at the line start, ``\\boxed{}`` ends
+#: a line of any text); one entry per ``ScoreFormat``, so a new format cannot go unparsed
+_STRONG_LINES: dict[ScoreFormat, re.Pattern[str]] = {
+    ScoreFormat.FINAL_SCORES: _STRICT,
+    ScoreFormat.BOXED: _BOXED_END,
+}
+assert set(_STRONG_LINES) == set(ScoreFormat)
 
 
 def _outside_inline_quotes(line: str) -> str:

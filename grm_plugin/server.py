@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from starlette.requests import ClientDisconnect
 
 from .config import JudgeConfig
+from .deadline import total_bound
 from .grouping import GroupBatcher, Judged, RewardItem
 from .results import FailureKind
 from .reward import GenerativeRewardFn
@@ -389,7 +390,7 @@ def create_app(
 ) -> FastAPI:
     """A FastAPI app serving ``rm`` in ``protocol``'s wire format. Run it with uvicorn."""
     settings = settings or ServerSettings()
-    deadline = settings.deadline or protocol.default_deadline
+    deadline = total_bound(settings.deadline, default=protocol.default_deadline)
     batcher = GroupBatcher(
         rm,
         window=settings.group_window,

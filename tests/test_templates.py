@@ -4,11 +4,15 @@ fencing holds whatever the template."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from grm_plugin import GenerativeRewardFn
 from grm_plugin.config import JudgeConfig
 from grm_plugin.engines.base import GenerationRequest, JudgeEngine
+from grm_plugin.parsing import ScoreFormat
 from grm_plugin.prompt import build_judge_messages
 from grm_plugin.templates import TEMPLATES, TemplateError, load_template
 from grm_plugin.testing import RuleJudgeEngine, responses_in_prompt
@@ -199,3 +203,74 @@ def test_deepseek_template_with_the_default_judge():
     valid = [s for s in res.samples if s.scores is not None]
     # the weak 0.5B judge may fail to parse; the run must still be well-formed
     assert all(len(s.scores) == 2 for s in valid)
+
+
+class _NoScoreLineFirst(JudgeEngine):
+    """A judge that writes its analysis but no score line; asked to continue a prefilled score
+    line it writes the numbers and closes the line in the format the prefill opened."""
+
+    supports_assistant_prefix = True
+    score_prefill = True
+
+    def __init__(self) -> None:
+        self.prefixes: list[str | None] = []
+
+    async def generate(self, request: GenerationRequest) -> list[str]:
+        self.prefixes.append(request.assistant_prefix)
+        if request.assistant_prefix is None:
+            return ["Specific Criteria: correctness\nAnalysis: the first is right."] * request.n
+        closer = "}" if request.assistant_prefix.endswith("\\boxed{") else "]]"
+        return ["8, 3" + closer]
+
+
+@pytest.mark.parametrize(
+    ("template", "start"), [("deepseek-grm", "\\boxed{"), ("grm-plugin", "Final Scores: [[")]
+)
+def test_prefill_asks_for_the_templates_own_score_format(template, start):
+    """The prefill round opens the score line the template asked for (issue 18: deepseek-grm got
+    ``Final Scores: [[``), and the continued text goes through the parser."""
+    eng = _NoScoreLineFirst()
+    rm = GenerativeRewardFn(eng, samples=1, parse_retries=0, shuffle=False, template=template)
+    res = rm.score("Q", ["right", "wrong"])
+    assert eng.prefixes[0] is None
+    assert eng.prefixes[1] is not None and eng.prefixes[1].endswith("\n\n" + start)
+    assert not res.failed and res.samples[0].scores == [8.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("", "final_scores"), ("{# score_format: boxed #}\n", "boxed")],
+)
+def test_user_template_declares_its_score_format(tmp_path, header, expected):
+    expected = ScoreFormat(expected)
+    src = load_template("grm-plugin")
+    assert src.score_format is ScoreFormat.FINAL_SCORES
+    assert load_template("deepseek-grm").score_format is ScoreFormat.BOXED
+    body = (
+        "{{ conversation }}\n{% for r in responses %}{{ r.fenced }}\n{% endfor %}"
+        "Scores: \\boxed{ {{- score_slots -}} }"
+    )
+    path = tmp_path / "t.jinja"
+    path.write_text(header + body)
+    assert load_template(str(path)).score_format is expected
+
+
+def test_unknown_score_format_is_refused(tmp_path):
+    path = tmp_path / "t.jinja"
+    path.write_text(
+        "{# score_format: stars #}\n{{ conversation }}{% for r in responses %}{{ r.fenced }}"
+        "{% endfor %}[[{{ score_slots }}]]"
+    )
+    with pytest.raises(TemplateError, match="score_format"):
+        load_template(str(path))
+
+
+def test_readme_shows_the_score_format_declaration_that_loads(tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    (declaration,) = set(re.findall(r"`(\{# score_format: \w+ #\})`", readme))
+    path = tmp_path / "mine.jinja"
+    path.write_text(
+        declaration + "\n{{ conversation }}{% for r in responses %}{{ r.fenced }}{% endfor %}"
+        "Scores: \\boxed{ {{- score_slots -}} }"
+    )
+    assert load_template(str(path)).score_format is ScoreFormat.BOXED

@@ -19,6 +19,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..config import JudgeConfig, TransformersEngineConfig
+from ..deadline import total_bound
 from .engine_args import add_judge_args, judge_config_from_args
 
 if TYPE_CHECKING:  # the server module imports fastapi, an optional dependency
@@ -253,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
             f"reach port {settings.port} can use the judge (set --token or ${TOKEN_ENV})",
             file=sys.stderr,
         )
-    deadline = settings.deadline or protocol.default_deadline
+    deadline = total_bound(settings.deadline, default=protocol.default_deadline)
     if args.workers > 1:
         if cfg.engine.type != "openai":
             print(

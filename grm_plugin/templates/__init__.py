@@ -20,7 +20,10 @@ is refused when it is loaded):
   or None; ``hint``: the 1-based index of the best response for SPCT's hinted retry, or None.
 
 ``{% set system %}...{% endset %}`` at the top level makes a system message; the rest of the
-rendered text is the user message. Whatever the template, every response's fenced block must
+rendered text is the user message. A template asking for ``\\boxed{...}`` scores declares it
+with a comment, ``{# score_format: boxed #}`` (default ``final_scores``: ``Final Scores: [[...]]``;
+see ``grm_plugin.parsing.ScoreFormat``): a judge that stops before its score line is continued
+from the start of that line. Whatever the template, every response's fenced block must
 appear in the rendered prompt unchanged (checked on every render).
 
 Every text from the caller (conversation, responses, reference, rubric) has its chat control
@@ -41,6 +44,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -50,6 +54,7 @@ import jinja2
 import jinja2.meta
 import jinja2.sandbox
 
+from ..parsing import ScoreFormat
 from ..prompt import Conversation, Message, format_conversation, neutralize_control_tokens
 
 #: placeholders every template must use
@@ -57,6 +62,31 @@ REQUIRED = ("conversation", "responses", "score_slots")
 #: every placeholder a template may use
 PLACEHOLDERS = frozenset({*REQUIRED, "n", "fence_code", "rubric", "reference", "hint", "system"})
 DEFAULT_TEMPLATE = "grm-plugin"
+# the declaration may stand in any top-level Jinja comment: ``{# score_format: boxed #}``
+_SCORE_FORMAT = re.compile(r"\{#-?\s*score_format\s*:\s*([\w-]+)\s*-?#\}")
+
+
+def declared_score_format(source: str, origin: str = "template") -> ScoreFormat:
+    """The score format a template's source declares in a ``{# score_format: NAME #}`` comment;
+    ``final_scores`` when it declares none (templates written before the declaration existed).
+
+    >>> declared_score_format("{# score_format: boxed #}\\nScores: \\\\boxed{...}").value
+    'boxed'
+    >>> declared_score_format("Final Scores: [[...]]").value
+    'final_scores'
+    """
+    found = _SCORE_FORMAT.findall(source)
+    if not found:
+        return ScoreFormat.FINAL_SCORES
+    if len(set(found)) > 1:
+        raise TemplateError(f"{origin}: more than one score_format declared: {', '.join(found)}")
+    try:
+        return ScoreFormat(found[0])
+    except ValueError:
+        known = ", ".join(f.value for f in ScoreFormat)
+        raise TemplateError(
+            f"{origin}: unknown score_format {found[0]!r} (known: {known})"
+        ) from None
 
 
 class TemplateError(ValueError):
@@ -130,6 +160,8 @@ class JudgeTemplate:
         self.name = name
         self.version = version
         self.origin = origin
+        #: the score line the template asks for; the score-line prefill opens it
+        self.score_format = declared_score_format(source, origin)
         env = _env()
         try:
             ast = env.parse(source)

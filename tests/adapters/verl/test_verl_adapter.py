@@ -1050,3 +1050,35 @@ def test_group_actor_killed_mid_judgment_loses_no_sample(ray_cluster, tokenizer_
     out = result["out"]
     assert list(out.non_tensor_batch["grm_group_size"]) == [4.0] * 12
     assert not any(out.non_tensor_batch["grm_failed"])
+
+
+async def test_group_window_counts_within_the_batch_deadline(monkeypatch) -> None:
+    """The configured ``deadline.batch`` is the sample's whole bound, its group window included
+    (issue 18: verl waited ``batch + group_window``, 13 s for a configured 8 s); a resent
+    sample's spent seconds come off it."""
+    from grm_plugin.grouping import GroupBatcher
+
+    bounds: list[float] = []
+    judge = GroupBatcher.judge
+
+    async def recording(self, item, *, timeout):
+        bounds.append(timeout)
+        return await judge(self, item, timeout=timeout)
+
+    monkeypatch.setattr(GroupBatcher, "judge", recording)
+    adapter.set_reward_fn(GenerativeRewardFn(RuleJudgeEngine(), deadline={"batch": 8.0}))
+    try:
+        # two responses of one prompt fill the group of two: no wait for the window itself
+        settings = adapter.VerlSettings(group_window=5.0, group_size=2)
+        for spent in (0.0, 2.0):
+            await asyncio.gather(
+                *(
+                    adapter.judge_request(
+                        adapter.JudgeRequest(f"Q{spent}", r, None, settings, None, spent=spent)
+                    )
+                    for r in ("hi", "ho")
+                )
+            )
+    finally:
+        adapter.set_reward_fn(None)
+    assert bounds == [8.0, 8.0, 6.0, 6.0]
