@@ -26,24 +26,24 @@ from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .cache import CacheConfig, JudgmentCache, fingerprint
-from .config import JudgeConfig, SamplingConfig
+from .cache import CacheConfig, JudgmentCache, fingerprint, template_digest
+from .config import JudgeConfig, SamplingConfig, checked_empty_response_score
+from .content import is_minimal
 from .deadline import NEVER, Deadline, Expiry
 from .engines import EngineSpec, JudgeEngine, make_engine
 from .engines.base import EngineError, GenerationRequest
-from .meta_rm import MetaRewardModel, rate_samples
+from .engines.errors import EngineTimeout, PromptTooLongError, failure_kind
+from .meta_rm import MetaRewardModel, meta_rm_identity, rate_samples
 from .parsing import parse_judgment
-from .prompt import Conversation, build_judge_messages, fit_responses
-from .results import FailureKind, JudgmentResult, Sample
+from .prompt import Conversation, build_judge_messages, check_text, fit_responses, text_problem
+from .results import FailureKind, JudgmentResult, ResponseFlag, Sample
 from .score_distribution import expected_in_original_order
-from .templates import checked_template
+from .templates import checked_template, load_template
 from .voting import select_by_meta, vote
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: the start of the score line that ``_prefill_score_lines`` lets the judge complete
-SCORE_LINE_START = "Final Scores: [["
 #: assumed context (tokens) when the engine does not know its own
 DEFAULT_CONTEXT_WINDOW = 32768
 #: all permutations are cycled through when there are at most this many (n <= 6)
@@ -73,6 +73,14 @@ def validate_item(prompt: Any, responses: Any, reference: Any = None) -> None:
             raise TypeError(f"response {i} must be a string, got {type(r).__name__}")
     if reference is not None and not isinstance(reference, str):
         raise TypeError(f"reference must be a string or None, got {type(reference).__name__}")
+    # text an engine cannot encode is the caller's bad input, not the judge's failure
+    for j, m in enumerate([{"content": prompt}] if isinstance(prompt, str) else prompt):
+        where = "the prompt" if isinstance(prompt, str) else f"prompt turn {j}"
+        check_text(m["content"] + str(m.get("role", "")), where)
+    # a response's bad text is that response's problem only (flagged in _judge_item): in a
+    # group, the other responses keep their judgment
+    if reference is not None:
+        check_text(reference, "the reference")
 
 
 def sample_orders(n: int, k: int, rng: random.Random, shuffle: bool) -> list[tuple[int, ...]]:
@@ -89,10 +97,6 @@ def sample_orders(n: int, k: int, rng: random.Random, shuffle: bool) -> list[tup
     return [tuple(rng.sample(identity, n)) for _ in range(k)]
 
 
-class PromptTooLongError(ValueError):
-    """The conversation alone does not fit the engine's context: an input problem."""
-
-
 async def _with_timeout(coro: Coroutine[Any, Any, T], expiry: Expiry) -> T:
     timeout = expiry.remaining()
     if timeout is None:
@@ -100,9 +104,17 @@ async def _with_timeout(coro: Coroutine[Any, Any, T], expiry: Expiry) -> T:
     try:
         return await asyncio.wait_for(coro, max(timeout, 0.0))
     except asyncio.TimeoutError:
-        raise TimeoutError(
+        raise EngineTimeout(
             f"item deadline reached ({max(timeout, 0.0):.1f}s were left for this round)"
         ) from None
+
+
+#: items ``ascore_batch`` judges at once at least (more when the engine runs more requests)
+_ITEMS_IN_FLIGHT = 1024
+
+#: judgments shorter than this (in all, per request) are parsed on the event loop: a thread
+#: hop costs ~0.3 ms of CPU, far more than parsing a few kilobytes (benchmarks/client_floor.py)
+_INLINE_PARSE_CHARS = 64_000
 
 
 def _cancelled_by_caller() -> bool:
@@ -178,6 +190,39 @@ def _failed(
     )
 
 
+def failure_of(error: Exception) -> tuple[FailureKind, str]:
+    """The kind and message of a failed judgment that raised ``error``: the one classification
+    that ``score_batch`` and the reward server (``GroupBatcher``) both give.
+
+    A prompt too long for the judge's context is the caller's input, not the engine's fault.
+
+    Example:
+        >>> failure_of(PromptTooLongError("the prompt alone leaves no room"))
+        (<FailureKind.BAD_INPUT: 'bad_input'>, 'bad input: the prompt alone leaves no room')
+        >>> failure_of(EngineError("connection refused"))[0].value
+        'engine'
+    """
+    kind = failure_kind(error)
+    if kind is FailureKind.BAD_INPUT:
+        return kind, f"bad input: {error}"
+    return kind, f"{type(error).__name__}: {error}"
+
+
+def _unless_batch_timeout(result: JudgmentResult, batch: Expiry) -> JudgmentResult | None:
+    """None for an item that timed out as the batch deadline passed: its engine, bounded by
+    the same deadline, may answer a hair before the batch gives up on it; either way it is
+    an item the batch deadline left unjudged (flagged ``timeout``), not a race's outcome."""
+    if result.failure_kind is FailureKind.TIMEOUT and batch.passed():
+        return None
+    return result
+
+
+def _with_votes(result: JudgmentResult, votes: int) -> JudgmentResult:
+    """``result`` saying how many votes its judge is set up for (a copy: cached results are
+    shared by judges that may vote differently)."""
+    return result if result.votes == votes else result.model_copy(update={"votes": votes})
+
+
 def item_failure_kind(samples: Sequence[Sample]) -> FailureKind:
     """The kind that explains an item with no valid sample: a timeout, else an engine failure,
     else a parse failure (the first cause that, if fixed, could have given a score)."""
@@ -201,6 +246,9 @@ class GenerativeRewardFn:
             (retries included) and per ``score_batch`` call.
         principles: a rubric added to every prompt.
         empty_response_score: score for empty responses (None: not judged, flagged, score None).
+        minimal_content: responses with no content token (":", "Thought process:"; see
+            ``grm_plugin.content``) get the empty-response policy too, flagged
+            ``minimal_content``.
 
     Example:
         >>> rm = GenerativeRewardFn("http://127.0.0.1:8000/v1", samples=8)  # doctest: +SKIP
@@ -225,6 +273,7 @@ class GenerativeRewardFn:
         principles: str | None = None,
         empty_response_score: float | None = None,
         template: str | None = None,
+        minimal_content: bool = False,
     ) -> None:
         sampling = SamplingConfig(
             samples=samples,
@@ -237,6 +286,7 @@ class GenerativeRewardFn:
             expected_scores=expected_scores,
         )
         self._setup(sampling, meta_rm, principles, empty_response_score, deadline)
+        self.minimal_content = minimal_content
         self.template = checked_template(template)
         # a spec (URL, path, config, None) is kept so that the object pickles as its config
         self._engine_spec = None if isinstance(engine, JudgeEngine) else (engine,)
@@ -268,10 +318,12 @@ class GenerativeRewardFn:
             config.deadline,
         )
         self.template = checked_template(config.template)
+        self.minimal_content = config.minimal_content
         self.cache_config = config.cache
         self._engine_spec = (config.engine,) if engine is None else None
         self.engine = engine if engine is not None else make_engine(config.engine)
         self._check_engine()
+        self._judgment_cache = self._new_judgment_cache()
         return self
 
     def _check_engine(self) -> None:
@@ -298,13 +350,18 @@ class GenerativeRewardFn:
         self.sampling = sampling
         self.meta_rm = meta_rm
         self.principles = principles
-        self.empty_response_score = empty_response_score
+        self.empty_response_score = checked_empty_response_score(empty_response_score)
         self._items_started = 0  # an int, not itertools.count: it pickles everywhere
 
     @property
     def keep(self) -> int:
         """How many samples vote when a meta RM is set."""
         return self.sampling.keep or max(1, self.sampling.samples // 2)
+
+    @property
+    def votes(self) -> int:
+        """How many samples vote when all parse (``JudgmentResult.votes`` of every result)."""
+        return self.keep if self.meta_rm is not None else self.sampling.samples
 
     # pickling: engines hold clients, threads and models, so an engine built from a spec is
     # rebuilt from that spec on the other side (as adapters/trl.py's GRMReward does)
@@ -351,7 +408,8 @@ class GenerativeRewardFn:
         if hint_best is not None and not 0 <= hint_best < len(responses):
             raise ValueError(f"hint_best={hint_best} but there are {len(responses)} responses")
         expiry = Expiry.after(self.deadline.item)
-        return await self._judge_cached(prompt, list(responses), reference, hint_best, expiry)
+        result = await self._judge_cached(prompt, list(responses), reference, hint_best, expiry)
+        return _with_votes(result, self.votes)
 
     def judge_messages(
         self,
@@ -428,21 +486,22 @@ class GenerativeRewardFn:
             raise ValueError(f"{len(prompts)} prompts but {len(references)} references")
         batch_seconds = self.deadline.batch if deadline is None else deadline
         batch = Expiry.after(batch_seconds)
-        item_deadline = self.deadline.item
+        # every item's clock starts now, also for items admitted later (below)
+        expiry = Expiry.after(self.deadline.item).sooner(batch)
 
         async def one(i: int) -> tuple[int, JudgmentResult]:
             try:
                 validate_item(prompts[i], responses[i], references[i])
             except (TypeError, ValueError) as e:
                 return i, _failed(f"bad input: {e}", FailureKind.BAD_INPUT, responses[i])
-            expiry = Expiry.after(item_deadline).sooner(batch)
             try:
                 judged = await self._judge_cached(
                     prompts[i], list(responses[i]), references[i], None, expiry
                 )
                 return i, judged
             except PromptTooLongError as e:
-                return i, _failed(f"bad input: {e}", FailureKind.BAD_INPUT, responses[i])
+                kind, message = failure_of(e)
+                return i, _failed(message, kind, responses[i])
             except asyncio.CancelledError as e:
                 if _cancelled_by_caller():
                     raise
@@ -450,41 +509,70 @@ class GenerativeRewardFn:
                 return i, _failed(f"engine: cancelled: {e}", FailureKind.ENGINE, responses[i])
             except Exception as e:  # noqa: BLE001 - one item's failure must not sink the batch
                 log.exception("judging item %d failed", i)
-                return i, _failed(f"{type(e).__name__}: {e}", FailureKind.ENGINE, responses[i])
+                kind, message = failure_of(e)
+                return i, _failed(message, kind, responses[i])
 
         results: list[JudgmentResult | None] = [None] * len(prompts)
-        tasks = [asyncio.ensure_future(one(i)) for i in range(len(prompts))]
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(tasks), desc="judging", unit="item")
-        pending: set[asyncio.Future] = set(tasks)
+            bar = tqdm(total=len(prompts), desc="judging", unit="item")
+        # items in flight at once: enough to keep any engine busy, few enough that a large
+        # batch's prompts and coroutines are not all alive at once (CPU per item stays flat)
+        window = max(_ITEMS_IN_FLIGHT, 4 * (self.engine.max_in_flight or 0))
+        running: set[asyncio.Task] = set()
+        landed: asyncio.Queue[asyncio.Task] = asyncio.Queue()
+        admitted = 0
+
+        def admit() -> None:
+            nonlocal admitted
+            task = asyncio.ensure_future(one(admitted))
+            admitted += 1
+            running.add(task)
+            task.add_done_callback(landed.put_nowait)
+
+        async def collect() -> None:
+            # one callback per item and one timeout per batch: a loop of asyncio.wait
+            # (FIRST_COMPLETED) re-registered one on every pending task per wake-up (quadratic)
+            while admitted < len(prompts) and len(running) < window:
+                admit()
+            for _ in range(len(prompts)):
+                task = await landed.get()
+                running.discard(task)
+                i, res = task.result()
+                results[i] = _unless_batch_timeout(res, batch)
+                if bar is not None:
+                    bar.update(1)
+                if admitted < len(prompts):
+                    admit()
+
         try:
-            while pending:
-                left = batch.remaining()
-                if left is not None and left <= 0:
-                    break
-                done, pending = await asyncio.wait(
-                    pending, timeout=left, return_when=asyncio.FIRST_COMPLETED
-                )
-                for fut in done:
-                    i, res = fut.result()
-                    results[i] = res
-                    if bar is not None:
-                        bar.update(1)
+            left = batch.remaining()
+            if left is None:
+                await collect()
+            else:
+                await asyncio.wait_for(collect(), max(left, 0.0))
+        except asyncio.TimeoutError:
+            pass  # the batch deadline: what was not judged by now is a timeout (below)
         finally:
             # on the batch deadline, and when the caller cancels us: nothing keeps judging
-            for fut in pending:
-                fut.cancel()
+            for task in running:
+                task.cancel()
             if bar is not None:
                 bar.close()
-        if pending:
+        while not landed.empty():  # finished as the deadline struck, before it was collected
+            task = landed.get_nowait()
+            if not task.cancelled() and task.exception() is None:
+                i, res = task.result()
+                results[i] = _unless_batch_timeout(res, batch)
+        late = sum(r is None for r in results)
+        if late:
             log.warning(
                 "batch deadline (%.1fs) passed: %d of %d items not judged (failed, kind timeout)",
                 batch_seconds,
-                len(pending),
-                len(tasks),
+                late,
+                len(prompts),
             )
         for i, res in enumerate(results):
             if res is None:
@@ -494,7 +582,7 @@ class GenerativeRewardFn:
                     responses[i],
                     flag="timeout",
                 )
-        return results  # type: ignore[return-value]
+        return [_with_votes(r, self.votes) for r in results]  # type: ignore[arg-type]
 
     async def aclose(self) -> None:
         """Release the engine."""
@@ -548,23 +636,57 @@ class GenerativeRewardFn:
         if hint_best is not None:  # a hinted judgment is training data, not a reusable score
             return await self._judge_item(prompt, responses, reference, hint_best, expiry)
         cache = self.__dict__.get("_judgment_cache")
-        if cache is None:
-            identity = (
-                self.sampling,
-                self.principles,
-                self.empty_response_score,
-                str(getattr(self, "template", "")),
-                getattr(self, "_engine_spec", None) or getattr(self.engine, "config", None),
-                type(self.engine).__qualname__,
-                type(self.meta_rm).__qualname__,
-            )
-            config = getattr(self, "cache_config", None) or CacheConfig()
-            cache = self._judgment_cache = JudgmentCache(config, fingerprint(*identity))
+        if cache is None:  # built with __init__ (no cache config), or pickled before it existed
+            cache = self._judgment_cache = self._new_judgment_cache()
+        # per call: an edited template file is re-read by the renderer, so the key follows it
+        identity = self._judgment_fingerprint() if cache.enabled else None
 
         async def judge(p: Conversation, distinct: list[str], ref: str | None) -> JudgmentResult:
             return await self._judge_item(p, distinct, ref, None, expiry)
 
-        return await cache.judge(judge, prompt, responses, reference)
+        return await cache.judge(judge, prompt, responses, reference, fingerprint=identity)
+
+    def _new_judgment_cache(self) -> JudgmentCache:
+        """The judgment cache of ``cache_config``; opens its store now, so that a store that
+        cannot be used fails when the reward is built (``CacheStoreError`` names the file)."""
+        config = getattr(self, "cache_config", None) or CacheConfig()
+        return JudgmentCache(config, self._judgment_fingerprint() if config.max_items else "")
+
+    def _judgment_fingerprint(self) -> str:
+        """The judge's identity in the judgment cache: everything that changes a judgment.
+        The template's text is hashed (``template_digest``: read again only when its file
+        changed); the rest is computed once."""
+        fixed = self.__dict__.get("_judge_identity")
+        if fixed is None:
+            from . import __version__  # the parser's version: its changes change scores
+
+            fixed = self._judge_identity = fingerprint(
+                self.sampling,
+                self.principles,
+                self.empty_response_score,
+                getattr(self, "minimal_content", False),
+                getattr(self, "_engine_spec", None) or getattr(self.engine, "config", None),
+                type(self.engine).__qualname__,
+                self._meta_rm_identity(),
+                __version__,
+            )
+        return fingerprint(fixed, template_digest(self.template))
+
+    def _meta_rm_identity(self) -> str:
+        identity = meta_rm_identity(self.meta_rm)
+        if identity is not None:
+            return identity
+        # nothing tells this meta RM's weights from another's: a token of this object, so its
+        # judgments are reused by this run (and its pickled copies), never by another run
+        log.warning(
+            "judgment cache: the meta RM %s has no identity() method: its judgments are reused "
+            "within this run only (give it identity(), e.g. a hash of its weights, to reuse "
+            "them across runs from cache.path)",
+            type(self.meta_rm).__qualname__,
+        )
+        return f"{type(self.meta_rm).__module__}.{type(self.meta_rm).__qualname__}#" + (
+            secrets.token_hex(16)
+        )
 
     async def _judge_item(
         self,
@@ -576,16 +698,37 @@ class GenerativeRewardFn:
     ) -> JudgmentResult:
         n_all = len(responses)
         flags: list[list[str]] = [[] for _ in range(n_all)]
-        judged = [i for i, r in enumerate(responses) if r.strip()]
-        for i in set(range(n_all)) - set(judged):
-            flags[i].append("empty_response")
+        minimal = getattr(self, "minimal_content", False)  # objects pickled before it existed
+        judged = []
+        invalid: dict[int, str] = {}
+        for i, r in enumerate(responses):
+            if not r.strip():
+                flags[i].append(ResponseFlag.EMPTY_RESPONSE.value)
+            elif (bad := text_problem(r, f"response {i}")) is not None:
+                flags[i].append(ResponseFlag.INVALID_TEXT.value)
+                invalid[i] = bad
+            elif minimal and is_minimal(r):
+                flags[i].append(ResponseFlag.MINIMAL_CONTENT.value)
+            else:
+                judged.append(i)
         empty_score = self.empty_response_score
+        # responses the judge never saw: the empty value, or no score for text it cannot carry
+        unjudged = [None if i in invalid else empty_score for i in range(n_all)]
         if not judged:
+            if invalid:
+                return JudgmentResult(
+                    scores=unjudged,
+                    score_sums=[None] * n_all,
+                    failed=True,
+                    error="; ".join(invalid.values()),
+                    failure_kind=FailureKind.BAD_INPUT,
+                    flags=flags,
+                )
             return JudgmentResult(
-                scores=[empty_score] * n_all,
+                scores=unjudged,
                 score_sums=[None] * n_all,
                 failed=empty_score is None,
-                error="all responses are empty",
+                error="all responses are empty" + (" or have no content" if minimal else ""),
                 failure_kind=FailureKind.EMPTY if empty_score is None else None,
                 flags=flags,
             )
@@ -603,7 +746,7 @@ class GenerativeRewardFn:
         if not valid:
             reasons = sorted({s.failure or "" for s in samples})
             return JudgmentResult(
-                scores=[empty_score if not responses[i].strip() else None for i in range(n_all)],
+                scores=[unjudged[i] if i not in judged else None for i in range(n_all)],
                 score_sums=[None] * n_all,
                 samples=samples,
                 failed=True,
@@ -612,13 +755,18 @@ class GenerativeRewardFn:
                 flags=flags,
             )
 
+        if len(valid) < self.sampling.samples:
+            # fewer votes than asked for: flagged, so that the cache does not keep it as a
+            # complete judgment and callers can tell (grm_plugin.cache)
+            for i in judged:
+                flags[i].append(ResponseFlag.DEGRADED.value)
         voters = valid
         if self.meta_rm is not None:
             voters = await self._meta_filter(prompt, shown_texts, valid)
         for s in voters:
             s.voted = True
         mean, sums = vote([s.vote_scores() for s in voters], len(judged))  # type: ignore[misc]
-        scores: list[float | None] = [empty_score] * n_all
+        scores: list[float | None] = list(unjudged)
         score_sums: list[float | None] = [None] * n_all
         for j, i in enumerate(judged):
             scores[i], score_sums[i] = mean[j], sums[j]
@@ -644,8 +792,12 @@ class GenerativeRewardFn:
         one ``expiry`` (the item's deadline, or its batch's if sooner)."""
         cfg = self.sampling
         rng = self._rng()
+        # seeded: the nonce (it is in the prompt) and the engine's sampling seeds come from a
+        # generator of their own, so that a seed reproduces the judge's text; the response
+        # orders stay what that seed drew before
+        seeder = None if cfg.seed is None else random.Random(f"{cfg.seed}|{self._items_started}")
         n = len(shown_texts)
-        nonce = secrets.token_hex(4)
+        nonce = secrets.token_hex(4) if seeder is None else f"{seeder.getrandbits(32):08x}"
         samples: list[Sample] = []
         missing = cfg.samples
         for attempt in range(cfg.parse_retries + 1):
@@ -666,10 +818,19 @@ class GenerativeRewardFn:
                 originals,
                 expiry,
                 hint_best,
+                seeder=seeder,
             )
             if self.engine.score_prefill:
                 new = await self._prefill_score_lines(
-                    new, prompt, shown_texts, reference, nonce, originals, expiry, hint_best
+                    new,
+                    prompt,
+                    shown_texts,
+                    reference,
+                    nonce,
+                    originals,
+                    expiry,
+                    hint_best,
+                    seeder=seeder,
                 )
             samples += new
             parse_failures = sum(1 for s in new if s.failure_kind is FailureKind.PARSE)
@@ -691,6 +852,8 @@ class GenerativeRewardFn:
         originals: list[str],
         expiry: Expiry = NEVER,
         hint_best: int | None = None,
+        *,
+        seeder: random.Random | None = None,
     ) -> list[Sample]:
         # one request per distinct order, n = how many samples use it: shares the prompt prefix
         groups: dict[tuple[int, ...], int] = {}
@@ -705,16 +868,25 @@ class GenerativeRewardFn:
                     n=count,
                     temperature=temperature,
                     max_tokens=self.sampling.max_new_tokens,
+                    seed=None if seeder is None else seeder.getrandbits(31),
                     request_timeout=self.deadline.request,
                     expiry=expiry,
                 )
             )
-        # the engine gets the expiry too (to stop retrying); this guard covers engines that
-        # ignore it
-        outputs = await asyncio.gather(
-            *(_with_timeout(self.engine.generate(r), expiry) for r in requests),
-            return_exceptions=True,
-        )
+        # the engine gets the expiry (to bound its tries); _generate guards engines that ignore it
+        outputs: list[Any]
+        if len(requests) == 1:  # k = 1, or k samples of one order: gather would cost a task
+            try:
+                outputs = [await self._generate(requests[0], expiry)]
+            except (Exception, asyncio.CancelledError) as e:
+                if isinstance(e, asyncio.CancelledError) and _cancelled_by_caller():
+                    raise
+                outputs = [e]
+        else:
+            outputs = await asyncio.gather(
+                *(self._generate(r, expiry) for r in requests),
+                return_exceptions=True,
+            )
         by_order: dict[tuple[int, ...], list[Sample]] = {}
         for (order, count), out, request in zip(groups.items(), outputs, requests, strict=True):
             if isinstance(out, asyncio.CancelledError) and not _cancelled_by_caller():
@@ -728,21 +900,20 @@ class GenerativeRewardFn:
             if isinstance(out, BaseException):
                 if not isinstance(out, Exception):
                     raise out
-                failure = f"engine: {type(out).__name__}: {out}"
-                kind = (
-                    FailureKind.TIMEOUT
-                    if isinstance(out, (TimeoutError, asyncio.TimeoutError))
-                    else FailureKind.ENGINE
-                )
+                kind = failure_kind(out)
+                failure = f"{kind.value}: {type(out).__name__}: {out}"
                 by_order[order] = [
                     Sample(order=list(order), attempt=attempt, failure=failure, failure_kind=kind)
                     for _ in range(count)
                 ]
             else:
-                by_order[order] = [
-                    self._parse_sample(text, order, attempt, originals, shown_texts)
-                    for text in out[:count]
-                ]
+                parse_args = (out[:count], order, attempt, originals, shown_texts, nonce)
+                if sum(map(len, out[:count])) <= _INLINE_PARSE_CHARS:
+                    by_order[order] = self._parse_samples(*parse_args)
+                else:
+                    # a thread, as the server decodes bodies in one: parsing is linear, a long
+                    # text takes a while, and the loop serves every other item meanwhile
+                    by_order[order] = await asyncio.to_thread(self._parse_samples, *parse_args)
                 if expiry.passed():
                     # a local engine stops writing at the expiry and returns what it has, which
                     # can beat the timeout guard above by a hair: a text cut short by the
@@ -778,13 +949,18 @@ class GenerativeRewardFn:
         originals: list[str],
         expiry: Expiry,
         hint_best: int | None,
+        *,
+        seeder: random.Random | None = None,
     ) -> list[Sample]:
         """Continue each sample that ended without a parsable score line from its own text plus
-        ``Final Scores: [[`` (a few tokens: small judges then write the numbers) rather than
-        re-sampling the whole judgment; a sample this does not fix stays a parse failure."""
+        the start of the template's score line (``Final Scores: [[`` or ``\\boxed{``: a few
+        tokens, small judges then write the numbers) rather than re-sampling the whole judgment;
+        a sample this does not fix stays a parse failure."""
         todo = [i for i, s in enumerate(samples) if s.failure_kind is FailureKind.PARSE and s.text]
         if not todo or not self.engine.supports_assistant_prefix:
             return samples
+        # the template asked for this format: a prefill in another one contradicts the prompt
+        line_start = load_template(self.template).score_format.line_start
         requests = [
             GenerationRequest(
                 self._order_messages(
@@ -792,14 +968,15 @@ class GenerativeRewardFn:
                 ),
                 n=1,
                 max_tokens=8 + 4 * len(shown_texts),
-                assistant_prefix=(samples[i].text or "").rstrip() + "\n\n" + SCORE_LINE_START,
+                assistant_prefix=(samples[i].text or "").rstrip() + "\n\n" + line_start,
+                seed=None if seeder is None else seeder.getrandbits(31),
                 request_timeout=self.deadline.request,
                 expiry=expiry,
             )
             for i in todo
         ]
         outputs = await asyncio.gather(
-            *(_with_timeout(self.engine.generate(r), expiry) for r in requests),
+            *(self._generate(r, expiry) for r in requests),
             return_exceptions=True,
         )
         fixed = list(samples)
@@ -809,12 +986,14 @@ class GenerativeRewardFn:
             if isinstance(out, BaseException) or not _texts(out) or not out:
                 continue  # the original parse failure stands
             old = samples[i]
-            new = self._parse_sample(
-                (request.assistant_prefix or "") + out[0],
+            (new,) = await asyncio.to_thread(
+                self._parse_samples,
+                [(request.assistant_prefix or "") + out[0]],
                 tuple(old.order),
                 old.attempt,
                 originals,
                 shown_texts,
+                nonce,
             )
             if new.scores is not None:
                 new.messages = old.messages
@@ -840,6 +1019,14 @@ class GenerativeRewardFn:
             if isinstance(out, Exception):
                 log.warning("expected scores not measured (parsed scores vote): %r", out)
 
+    def _generate(
+        self, request: GenerationRequest, expiry: Expiry
+    ) -> Coroutine[Any, Any, list[str]]:
+        """The engine's texts for ``request``, bounded by ``expiry`` here only when the engine
+        does not bound itself (``honours_expiry``): one timeout per request, not two."""
+        coro = self.engine.generate(request)
+        return coro if self.engine.honours_expiry else _with_timeout(coro, expiry)
+
     def _order_messages(
         self,
         prompt: Conversation,
@@ -859,6 +1046,18 @@ class GenerativeRewardFn:
             template=self.template,
         )
 
+    @classmethod
+    def _parse_samples(
+        cls,
+        texts: list[str],
+        order: tuple[int, ...],
+        attempt: int,
+        originals: list[str],
+        shown_texts: list[str],
+        nonce: str,
+    ) -> list[Sample]:
+        return [cls._parse_sample(t, order, attempt, originals, shown_texts, nonce) for t in texts]
+
     @staticmethod
     def _parse_sample(
         text: str,
@@ -866,8 +1065,11 @@ class GenerativeRewardFn:
         attempt: int,
         originals: list[str],
         shown_texts: list[str],
+        nonce: str | None = None,
     ) -> Sample:
-        parsed = parse_judgment(text, len(order), quoted=[*originals, *shown_texts])
+        parsed = parse_judgment(
+            text, len(order), quoted=[*originals, *shown_texts], fence_code=nonce
+        )
         sample = Sample(
             text=text,
             principles=parsed.principles,

@@ -7,11 +7,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from . import audit, meta_rm, score, serve, spct
 from . import eval as eval_cmd
-from . import meta_rm, score, serve, spct
 
 # each module: register(subparsers) adds its parser and sets ``func(args) -> int``
-SUBCOMMANDS = [score, serve, meta_rm, eval_cmd, spct]
+SUBCOMMANDS = [score, serve, meta_rm, eval_cmd, spct, audit]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # the command line as given: ``serve --workers N`` starts its workers with it
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
         return int(args.func(args) or 0)

@@ -25,9 +25,35 @@ from .engines import (
     shown_responses,
 )
 from .faults import Fault, FaultKind, FaultPlan
+from .hacks import (
+    AnswerKeyJudgeEngine,
+    HackCase,
+    assert_judge_rejects,
+    hack_cases,
+    prefers_long_score,
+)
+from .router import (
+    JudgeFleet,
+    Router,
+    RouterConfig,
+    RouterKind,
+    RouterPolicy,
+    router_available,
+)
 from .sim_server import SimServer, SimServerConfig, SimServerProcess, SimStats
 
 __all__ = [
+    "AnswerKeyJudgeEngine",
+    "HackCase",
+    "JudgeFleet",
+    "Router",
+    "RouterConfig",
+    "RouterKind",
+    "RouterPolicy",
+    "router_available",
+    "assert_judge_rejects",
+    "hack_cases",
+    "prefers_long_score",
     "CapacityModel",
     "FailingEngine",
     "Fault",

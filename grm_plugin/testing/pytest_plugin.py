@@ -13,6 +13,19 @@ Fixtures:
   at ``grm_judge_server``, for ``GRM_PLUGIN_CONFIG`` or any adapter taking a config.
 - ``grm_reward_server``: ``grm-plugin serve`` on that judge; its value is the OpenRLHF remote
   reward URL (``.../get_reward``).
+- ``grm_judge_router_factory``: ``make(policy="round_robin", replicas=2, config=None,
+  kind="vllm-router")``: a
+  ``JudgeFleet``, i.e. that many fast simulated replicas behind a real router (``vllm-router``,
+  ``pip install vllm-router==0.1.17``; the test is skipped when it is not installed);
+  ``.url`` is the router's base URL, ``.stats().per_replica`` the requests each replica got.
+- ``grm_judge_router``: the same with 2 replicas and ``round_robin``.
+- ``pytest --grm-judge-router POLICY``: every fixture above that uses ``grm_judge_server`` goes
+  through that router in front of its 2 replicas (``grm_judge_url`` is the URL they use), so a
+  framework's existing tests run against a judge fleet unchanged.
+- ``grm_hack_cases``: the built-in hack battery on the first 5 built-in prompts (``HackCase``:
+  ``.hack``, ``.family``, ``.prompt``, ``.response``, ``.right``), to assert that a judge scores
+  them below the right answer; ``grm_plugin.testing.assert_judge_rejects(rm)`` runs the whole
+  audit as one assertion.
 
 Check results with ``grm_plugin.testing.assert_group_rewards``. Everything binds loopback and is
 bounded in time (servers stop by themselves after ``max_lifetime``).
@@ -41,6 +54,8 @@ import pytest
 
 if TYPE_CHECKING:
     from .engines import RuleJudgeEngine
+    from .hacks import HackCase
+    from .router import JudgeFleet
     from .sim_server import SimServer, SimServerConfig
 
 # grm-plugin itself is imported inside the fixtures: pytest loads this plugin in every run
@@ -96,10 +111,40 @@ def grm_judge_server_factory() -> Iterator[Callable[..., SimServer]]:
         server.stop()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("grm-plugin").addoption(
+        "--grm-judge-router",
+        default=None,
+        metavar="POLICY",
+        help="put vllm-router (this policy: round_robin, cache_aware, consistent_hash) in front "
+        "of grm_judge_server, which then has 2 replicas; grm_judge_config points at the router",
+    )
+
+
 @pytest.fixture
-def grm_judge_server(grm_judge_server_factory: Callable[..., SimServer]) -> SimServer:
-    """A fast simulated judge server scoring by ``length_score``."""
-    return grm_judge_server_factory()
+def grm_judge_server(
+    grm_judge_server_factory: Callable[..., SimServer], request: pytest.FixtureRequest
+) -> SimServer:
+    """A fast simulated judge server scoring by ``length_score`` (2 replicas behind a router
+    with ``--grm-judge-router POLICY``; its faults and script are shared by both)."""
+    routed = request.config.getoption("grm_judge_router", None)
+    return grm_judge_server_factory({"replicas": 2} if routed else None)
+
+
+@pytest.fixture
+def grm_judge_url(grm_judge_server: SimServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The judge's base URL as the other fixtures use it: ``grm_judge_server.url``, or with
+    ``--grm-judge-router POLICY`` a router's in front of its replicas."""
+    policy = request.config.getoption("grm_judge_router", None)
+    if not policy:
+        yield grm_judge_server.url
+        return
+    from .router import Router, router_available
+
+    if not router_available():
+        pytest.skip("--grm-judge-router needs vllm-router (pip install vllm-router==0.1.17)")
+    with Router(grm_judge_server.urls, {"policy": policy, "max_lifetime": TEST_LIFETIME}) as r:
+        yield r.url
 
 
 @pytest.fixture
@@ -111,12 +156,12 @@ def grm_rule_engine() -> RuleJudgeEngine:
 
 
 @pytest.fixture
-def grm_judge_config(grm_judge_server: SimServer) -> dict[str, Any]:
+def grm_judge_config(grm_judge_url: str) -> dict[str, Any]:
     """A judge config (plain dict, ``JudgeConfig`` fields) using ``grm_judge_server``."""
     return {
         "engine": {
             "type": "openai",
-            "base_url": grm_judge_server.url,
+            "base_url": grm_judge_url,
             "model": "sim-judge",
             "max_retries": 1,  # a single injected fault is retried; a judge that is down fails
         },
@@ -132,6 +177,51 @@ def grm_judge_config_file(grm_judge_config: dict[str, Any], tmp_path: Path) -> P
     path = tmp_path / "grm_judge.yaml"
     path.write_text(yaml.safe_dump(grm_judge_config))
     return path
+
+
+@pytest.fixture
+def grm_hack_cases() -> list[HackCase]:
+    """The built-in hack battery on the first 5 built-in prompts (``grm_plugin.testing.hacks``)."""
+    from .hacks import hack_cases
+
+    return hack_cases()
+
+
+@pytest.fixture
+def grm_judge_router_factory() -> Iterator[Callable[..., JudgeFleet]]:
+    """``make(policy="round_robin", replicas=2, config=None, kind="vllm-router") -> JudgeFleet``
+    (started; stopped after the test). ``config``: the replicas' ``SimServerConfig`` fields, as
+    for ``grm_judge_server_factory``. Skips the test when that router is not installed."""
+    from .router import JudgeFleet, router_available
+
+    fleets: list[JudgeFleet] = []
+
+    def make(
+        policy: str = "round_robin",
+        replicas: int = 2,
+        config: SimServerConfig | dict | None = None,
+        kind: str = "vllm-router",
+    ) -> JudgeFleet:
+        if not router_available(kind):
+            pytest.skip(f"{kind} is not installed (pip install {kind})")
+        fleet = JudgeFleet(
+            replicas,
+            policy,
+            sim_config=_server_config(config),
+            router_config={"kind": kind, "max_lifetime": TEST_LIFETIME},
+        )
+        fleets.append(fleet.start())
+        return fleet
+
+    yield make
+    for fleet in fleets:
+        fleet.stop()
+
+
+@pytest.fixture
+def grm_judge_router(grm_judge_router_factory: Callable[..., JudgeFleet]) -> JudgeFleet:
+    """2 fast simulated replicas behind ``vllm-router`` (``round_robin``)."""
+    return grm_judge_router_factory()
 
 
 def _free_port() -> int:
