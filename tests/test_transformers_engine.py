@@ -264,8 +264,16 @@ def test_real_judge_fills_in_a_prefilled_score_line():
     )
     (sample,) = res.samples
     assert prefixes[0] is None
-    if len(prefixes) == 2:  # the 48 tokens ended without a score line: prefilled
-        assert prefixes[1].endswith("\n\nFinal Scores: [[")
+    if len(prefixes) == 1:  # the 48 tokens held a valid score line: nothing to prefill
+        assert not res.failed and all(1 <= x <= 10 for x in res.scores)
+        return
+    # the 48 tokens ended without a valid score line (none, or one off the 1-10 scale, which
+    # is refused since issue 21 item 23): its own text plus the score line's start is continued
+    assert len(prefixes) == 2 and prefixes[1].endswith("\n\nFinal Scores: [[")
+    if res.failed:
+        # the 0.5B judge often continues on a 100-point scale ("[[90, 100]]"): refused, not
+        # clamped, so the item fails as a parse failure rather than as anything else
+        assert res.failure_kind is FailureKind.PARSE, res.error
+    else:
         assert sample.text.startswith(prefixes[1])
-    assert not res.failed, sample.text
-    assert all(1 <= x <= 10 for x in res.scores)
+        assert all(1 <= x <= 10 for x in res.scores)
