@@ -241,6 +241,24 @@ def test_an_output_not_written_by_make_pairs_is_left_alone(tmp_path: Path) -> No
     assert out.read_text() == '{"id": "x"}\n'
 
 
+def test_resume_keeps_a_pair_whose_text_holds_a_line_separator(tmp_path: Path) -> None:
+    # JSON keeps U+2028 unescaped: read back with str.splitlines, the pair's line broke in two
+    # and the finished problem was silently sampled again
+    problems = [_problem("p", "Q1 1+1?\u2028Think.", "2")]
+    out = tmp_path / "pairs.jsonl"
+    policy = ScriptedPolicy({"Q1": ["A: 2", "A: 3\u2028so 3"]})
+    first = make_pairs(problems, out, MakePairsSettings(samples=2), policy, progress=False)
+    assert first.pairs == 1
+
+    class NoEngine:
+        def __call__(self) -> JudgeEngine:
+            raise AssertionError("a finished problem was sampled again")
+
+    second = make_pairs(problems, out, MakePairsSettings(samples=2), NoEngine(), progress=False)
+    assert second.resumed == 1 and second.pairs == 1
+    assert json.loads(out.read_text())["prompt"] == "Q1 1+1?\u2028Think."
+
+
 def _policy_server_behaviour(body: dict, call_no: int) -> dict:
     content = body["messages"][-1]["content"]
     n = body.get("n", 1)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import LoraSettings
+from .config import LoraSettings, RLSettings, SFTSettings
 
 
 def resolve_base(base: str | None) -> str:
@@ -174,3 +175,72 @@ def work_dir(out: Path, save_steps: int) -> Iterator[WorkDir]:
         get_last_checkpoint(str(ckpt)),
     )
     shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def run_stage(
+    stage: str,
+    trainer_class: type,
+    config_class: type,
+    settings: SFTSettings | RLSettings,
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict],
+    out: Path,
+    *,
+    config_args: dict[str, Any],
+    trainer_kwargs: dict[str, Any],
+    inputs: dict[str, Any],
+    outcome: Callable[[Any, Any], dict[str, Any]],
+    progress: bool,
+) -> dict:
+    """Train ``model`` on ``rows`` with a trl trainer, save the judge at ``out`` and return the
+    report (also ``out/spct_train.json``).
+
+    The trl config is ``config_args`` plus what every stage sets (learning rate, seed, per-step
+    logging, ``work_dir``'s checkpointing, the device) and ``settings.trl``; a checkpoint left
+    by an interrupted run is resumed from. The report holds the stage, its ``inputs`` counts,
+    steps, time, ``outcome(trainer, train_result)`` (what the stage adds), the log history
+    (restored from the checkpoint on a resumed run) and the settings.
+    """
+    from datasets import Dataset
+
+    with work_dir(out, settings.save_steps) as work:
+        args = trl_config(
+            config_class,
+            dict(
+                output_dir=work.path,
+                learning_rate=settings.learning_rate,
+                logging_steps=1,
+                report_to="none",
+                seed=settings.seed,
+                disable_tqdm=not progress,
+                **config_args,
+                **work.args,
+                **trainer_device_args(settings.device),
+            ),
+            settings.trl,
+        )
+        trainer = trainer_class(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            peft_config=peft_config(settings.lora),
+            **trainer_kwargs,
+        )
+        started = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=work.resume_from)
+        seconds = time.perf_counter() - started
+        report = {
+            "stage": stage,
+            "processes": trainer.accelerator.num_processes,  # accelerate launch
+            **inputs,
+            "steps": result.global_step,
+            "train_seconds": seconds,
+            "resumed_from": work.resume_from,
+            **outcome(trainer, result),
+            "log_history": trainer.state.log_history,
+            "settings": settings.model_dump(mode="json"),
+        }
+        save_trained_judge(trainer, tokenizer, out, report, settings.base)
+    return report

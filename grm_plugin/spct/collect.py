@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -39,10 +37,11 @@ from ..benchmark_data.rows import text_lines
 from ..results import FailureKind, JudgmentResult, Sample
 from ..reward import GenerativeRewardFn, run_sync
 from .items import ReadReport, SPCTItem
+from .progress import ItemLog, ProgressWriter, counted_run, resume, start_counts
+from .progress import counts_path as counts_path  # the run's files, named beside the run
+from .progress import progress_path as progress_path
 
 _ENGINE_KINDS = (FailureKind.ENGINE, FailureKind.TIMEOUT)
-
-log = logging.getLogger(__name__)
 
 
 class RFTRecord(BaseModel):
@@ -63,13 +62,9 @@ class RFTRecord(BaseModel):
     hinted: bool = Field(False, description="sampled with a hint naming the best response")
 
 
-class ItemOutcome(BaseModel):
+class ItemOutcome(ItemLog):
     """One finished item, as logged in the progress file (resume reads these back)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    id: str
-    samples: int = 0
     kept: int = 0
     wrong: int = 0
     unparsable: int = 0
@@ -121,18 +116,6 @@ class CollectCounts(BaseModel):
         )
 
 
-def progress_path(out: str | Path) -> Path:
-    """The progress log beside ``out`` (``rft.jsonl`` -> ``rft.progress.jsonl``)."""
-    p = Path(out)
-    return p.with_name(p.stem + ".progress.jsonl")
-
-
-def counts_path(out: str | Path) -> Path:
-    """Where the counts are saved beside ``out`` (``rft.jsonl`` -> ``rft.counts.json``)."""
-    p = Path(out)
-    return p.with_name(p.stem + ".counts.json")
-
-
 def read_rft_records(path: str | Path) -> list[RFTRecord]:
     """Read the records written by ``collect``."""
     p = Path(path)
@@ -148,66 +131,6 @@ def read_rft_records(path: str | Path) -> list[RFTRecord]:
             except ValueError as e:
                 raise ValueError(f"{p}:{line.number}: {e}") from e
     return out
-
-
-def _read_lines(
-    path: Path, parse: Callable[[str], object], *, drop_broken: bool = False
-) -> list[tuple[str, object]]:
-    """The non-empty lines of ``path`` with what ``parse`` made of them. A last line that does
-    not parse and has no newline is what a kill or a full disk leaves: it is dropped from the
-    file (appending after it would glue the next line onto it) with a warning. Any other line
-    that does not parse is an error naming file and line, or with ``drop_broken`` dropped with
-    a warning."""
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
-    tail = lines.pop()  # b"" when the file ends with a newline
-    out = []
-    dropped = False
-    for number, line in enumerate(lines, start=1):
-        if line.strip():
-            try:
-                out.append((line.decode(), parse(line.decode())))
-            except ValueError as e:
-                if not drop_broken:
-                    raise ValueError(f"{path}:{number}: broken line ({e}); fix or remove it") from e
-                log.warning("%s:%d: dropped a broken line", path, number)
-                dropped = True
-    if tail.strip():
-        try:
-            out.append((tail.decode(), parse(tail.decode())))
-            tail_ok = True
-        except ValueError:
-            tail_ok = False
-        if not tail_ok:
-            log.warning(
-                "%s:%d: dropped a cut last line (%d bytes, no newline: the run was stopped "
-                "while writing it)",
-                path,
-                len(lines) + 1,
-                len(tail),
-            )
-    if tail or dropped:
-        # repaired in place: complete lines only, each ending in a newline
-        path.write_text("".join(text + "\n" for text, _ in out))
-    return out
-
-
-def _resume(out: Path) -> dict[str, ItemOutcome]:
-    """Finished items from the progress log; records of unfinished items (a run stopped between
-    writing records and logging the item) are removed so the rerun does not duplicate them."""
-    log_file = progress_path(out)
-    done: dict[str, ItemOutcome] = {}
-    if log_file.is_file():
-        # a broken log line only means that item is judged again (its records are dropped below)
-        for _, o in _read_lines(log_file, ItemOutcome.model_validate_json, drop_broken=True):
-            assert isinstance(o, ItemOutcome)
-            done[o.id] = o
-    if out.is_file():
-        lines = _read_lines(out, json.loads)
-        kept = [text for text, r in lines if isinstance(r, dict) and r.get("id") in done]
-        if len(kept) != len(lines):
-            out.write_text("".join(ln + "\n" for ln in kept))
-    return done
 
 
 def _record(item: SPCTItem, index: int, sample: Sample, hinted: bool) -> RFTRecord:
@@ -333,26 +256,17 @@ def collect(
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = _resume(out)
+    # records of unfinished items are removed, so a rerun does not duplicate them
+    done, _ = resume(out, ItemOutcome.model_validate_json, json.loads)
     counts = CollectCounts(items_read=len(items))
-    if read_report is not None:
-        counts.bad_input = dict(read_report.counts)
-        counts.bad_input_messages = list(read_report.messages)
-    ids = {it.id for it in items}
-    for o in done.values():
-        if o.id in ids:
-            counts.add(o)
-    counts.resumed = counts.items_done
+    counts.resumed = start_counts(counts, done.values(), {it.id for it in items}, read_report)
     todo = [it for it in items if it.id not in done]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), desc="collecting", unit="item")
-    try:
+    with counted_run(
+        out, counts, total=len(todo), desc="collecting", unit="item", progress=progress
+    ) as bar:
         if todo:
             judge = rm if hasattr(rm, "ascore") else rm()  # type: ignore[operator]
-            with out.open("a") as rec_f, progress_path(out).open("a") as log_f:
+            with ProgressWriter(out) as writer:
 
                 def on_done(
                     outcome: ItemOutcome | None, records: list[RFTRecord], lost: int
@@ -361,21 +275,10 @@ def collect(
                         counts.engine_failed_items += 1
                         counts.engine_failed_samples += lost
                     else:
-                        for r in records:
-                            rec_f.write(r.model_dump_json() + "\n")
-                        rec_f.flush()
-                        os.fsync(rec_f.fileno())
-                        # logged after its records are on disk: a logged item is complete
-                        log_f.write(outcome.model_dump_json() + "\n")
-                        log_f.flush()
+                        writer.write(records, outcome)
                         counts.add(outcome)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(kept=counts.kept)
+                    bar.update(1)
+                    bar.set_postfix(kept=counts.kept)
 
                 run_sync(_collect_all(judge, todo, hint_retry, chunk_size, on_done))
-    finally:
-        if bar is not None:
-            bar.close()
-        counts_path(out).write_text(counts.model_dump_json(indent=2) + "\n")
     return counts

@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,6 +49,9 @@ from ..reward import run_sync
 from .checkers import AnswerChecker, Verdict, get_checker
 from .config import MakePairsSettings
 from .items import ReadReport
+from .progress import ItemLog, ProgressWriter, counted_run, resume, save_counts, start_counts
+from .progress import counts_path as counts_path  # the run's files, named beside the run
+from .progress import progress_path as progress_path
 
 
 class BadProblemReason(str, Enum):
@@ -101,13 +103,9 @@ class PairItem(BaseModel):
     reference: str
 
 
-class ProblemOutcome(BaseModel):
+class ProblemOutcome(ItemLog):
     """One finished problem, as logged in the progress file (resume reads these back)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    id: str
-    samples: int = 0
     right: int = 0
     wrong: int = 0
     no_answer: int = 0
@@ -165,18 +163,6 @@ class MakePairsCounts(BaseModel):
             f"best first {self.best_first}); skipped: no wrong {self.skipped_no_wrong}, no right "
             f"{self.skipped_no_right}; engine failures {self.engine_failed_problems} problems"
         )
-
-
-def progress_path(out: str | Path) -> Path:
-    """The progress log beside ``out`` (``pairs.jsonl`` -> ``pairs.progress.jsonl``)."""
-    p = Path(out)
-    return p.with_name(p.stem + ".progress.jsonl")
-
-
-def counts_path(out: str | Path) -> Path:
-    """Where the counts are saved beside ``out`` (``pairs.jsonl`` -> ``pairs.counts.json``)."""
-    p = Path(out)
-    return p.with_name(p.stem + ".counts.json")
 
 
 def _text(value: Any) -> str | None:
@@ -264,10 +250,6 @@ def read_problems(
     return problems, report
 
 
-def _clean_lines(path: Path) -> list[str]:
-    return [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-
-
 def _resume(out: Path) -> tuple[dict[str, ProblemOutcome], list[PairItem]]:
     """Finished problems from the progress log and their pairs from ``out``. A cut line (a run
     killed mid-write) is dropped, pairs of unfinished problems are removed, a finished problem
@@ -278,23 +260,13 @@ def _resume(out: Path) -> tuple[dict[str, ProblemOutcome], list[PairItem]]:
             f"{out} exists but has no progress log beside it ({log.name}): it was not written "
             "by make-pairs, so it is left alone; choose another --out"
         )
-    done: dict[str, ProblemOutcome] = {}
-    if log.is_file():
-        for line in _clean_lines(log):
-            try:
-                o = ProblemOutcome.model_validate_json(line)
-            except ValueError:
-                continue
-            done[o.id] = o
-    pairs: dict[str, PairItem] = {}
-    if out.is_file():
-        for line in _clean_lines(out):
-            try:
-                item = PairItem.model_validate_json(line)
-            except ValueError:
-                continue
-            if item.id in done:
-                pairs[item.id] = item
+    done, items = resume(
+        out,
+        ProblemOutcome.model_validate_json,
+        PairItem.model_validate_json,
+        drop_broken_records=True,
+    )
+    pairs = {it.id: it for it in items}
     for pid in [pid for pid, o in done.items() if o.pair is not None and pid not in pairs]:
         del done[pid]
     if out.is_file() or log.is_file():
@@ -411,17 +383,10 @@ def make_pairs(
     out.parent.mkdir(parents=True, exist_ok=True)
     done, written = _resume(out)
     counts = MakePairsCounts(problems_read=len(problems))
-    if read_report is not None:
-        counts.bad_input = dict(read_report.counts)
-        counts.bad_input_messages = list(read_report.messages)
-    ids = {p.id for p in problems}
-    for o in done.values():
-        if o.id in ids:
-            counts.add(o)
-    counts.resumed = counts.problems_done
+    counts.resumed = start_counts(counts, done.values(), {p.id for p in problems}, read_report)
     index = len(written)  # balance best's position over every pair in the file
     todo = [p for p in problems if p.id not in done]
-    counts_path(out).write_text(counts.model_dump_json(indent=2) + "\n")
+    save_counts(out, counts)
     if not todo:
         return counts
     if engine is None:
@@ -430,13 +395,13 @@ def make_pairs(
         engine = lambda: make_engine(None)  # noqa: E731 - the embedded default model
     owned = not isinstance(engine, JudgeEngine)
     judge_engine = engine() if owned else engine
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), desc="making pairs", unit="problem")
     try:
-        with out.open("a") as pair_f, progress_path(out).open("a") as log_f:
+        with (
+            counted_run(
+                out, counts, total=len(todo), desc="making pairs", unit="problem", progress=progress
+            ) as bar,
+            ProgressWriter(out) as writer,
+        ):
             for start in range(0, len(todo), settings.chunk_size):
                 chunk = todo[start : start + settings.chunk_size]
                 sampled = run_sync(
@@ -447,22 +412,13 @@ def make_pairs(
                         counts.engine_failed_problems += 1
                         continue
                     outcome, item = _pair(problem, texts, checker, settings, index)
-                    if item is not None:
-                        pair_f.write(item.model_dump_json() + "\n")
-                        pair_f.flush()
-                        os.fsync(pair_f.fileno())
-                        index += 1
-                    # logged after its pair is on disk: a logged problem is complete
-                    log_f.write(outcome.model_dump_json() + "\n")
-                    log_f.flush()
+                    written_now = [] if item is None else [item]
+                    writer.write(written_now, outcome)
+                    index += len(written_now)
                     counts.add(outcome)
-                if bar is not None:
-                    bar.update(len(chunk))
-                    bar.set_postfix(pairs=counts.pairs)
+                bar.update(len(chunk))
+                bar.set_postfix(pairs=counts.pairs)
     finally:
-        if bar is not None:
-            bar.close()
-        counts_path(out).write_text(counts.model_dump_json(indent=2) + "\n")
         if owned:
             run_sync(judge_engine.aclose())  # type: ignore[union-attr]
     return counts

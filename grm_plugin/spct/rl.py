@@ -21,21 +21,13 @@ from __future__ import annotations
 import logging
 import os
 import random
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..engines.base import EngineError, GenerationRequest, JudgeEngine
 from ..reward import GenerativeRewardFn
-from ._train import (
-    load_base,
-    peft_config,
-    save_trained_judge,
-    trainer_device_args,
-    trl_config,
-    work_dir,
-)
+from ._train import load_base, run_stage
 from .config import RLSettings
 from .items import SPCTItem
 from .rule import spct_rule_reward
@@ -163,7 +155,6 @@ def train_rl(
     zero-variance groups (``spct/accuracy``, ``spct/parse_rate``, ``spct/zero_variance_groups``)
     in its log history, and ``steps_without_signal``: steps where every group had equal rewards.
     """
-    from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
     settings = settings or RLSettings()
@@ -181,62 +172,46 @@ def train_rl(
     rows = rl_rows(
         prompt_rm, items, settings.steps * settings.prompts_per_step * processes, settings.seed
     )
-    out = Path(out)
-    with work_dir(out, settings.save_steps) as work:
-        args = trl_config(
-            GRPOConfig,
-            dict(
-                output_dir=work.path,
-                max_steps=settings.steps,
-                per_device_train_batch_size=per_step,
-                num_generations=settings.group_size,
-                beta=settings.beta,
-                learning_rate=settings.learning_rate,
-                temperature=settings.temperature,
-                loss_type=settings.loss_type,
-                scale_rewards=settings.scale_rewards,
-                max_completion_length=settings.max_completion_length,
-                logging_steps=1,
-                report_to="none",
-                seed=settings.seed,
-                disable_tqdm=not progress,
-                **work.args,
-                **trainer_device_args(settings.device),
-            ),
-            settings.trl,
-        )
-        trainer = GRPOTrainer(
-            model=model,
-            reward_funcs=[spct_rule_reward],
-            args=args,
-            train_dataset=Dataset.from_list(rows),
-            processing_class=tok,
-            peft_config=peft_config(settings.lora),
-            callbacks=[ZeroVarianceMonitor().callback(), *callbacks],
-        )
-        started = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=work.resume_from)
-        seconds = time.perf_counter() - started
-        history = trainer.state.log_history  # restored from the checkpoint on a resumed run
-        report = {
-            "stage": "rl",
-            "processes": trainer.accelerator.num_processes,  # accelerate launch
-            "items": len(items),
-            "rows": len(rows),
-            "steps": result.global_step,
-            "train_seconds": seconds,
-            "resumed_from": work.resume_from,
-            "steps_without_signal": sum(
-                1 for h in history if h.get(ZERO_VARIANCE_KEY, 0.0) >= 1.0 - 1e-9
-            ),
-            "trl_args": {
-                "loss_type": trainer.args.loss_type,
-                "scale_rewards": trainer.args.scale_rewards,
-                "temperature": trainer.args.temperature,
-                "beta": trainer.args.beta,
-            },
-            "log_history": history,
-            "settings": settings.model_dump(mode="json"),
-        }
-        save_trained_judge(trainer, tok, out, report, settings.base)
-    return report
+    return run_stage(
+        "rl",
+        GRPOTrainer,
+        GRPOConfig,
+        settings,
+        model,
+        tok,
+        rows,
+        Path(out),
+        config_args=dict(
+            max_steps=settings.steps,
+            per_device_train_batch_size=per_step,
+            num_generations=settings.group_size,
+            beta=settings.beta,
+            temperature=settings.temperature,
+            loss_type=settings.loss_type,
+            scale_rewards=settings.scale_rewards,
+            max_completion_length=settings.max_completion_length,
+        ),
+        trainer_kwargs={
+            "reward_funcs": [spct_rule_reward],
+            "callbacks": [ZeroVarianceMonitor().callback(), *callbacks],
+        },
+        inputs={"items": len(items), "rows": len(rows)},
+        outcome=_rl_outcome,
+        progress=progress,
+    )
+
+
+def _rl_outcome(trainer: Any, result: Any) -> dict[str, Any]:
+    """What the RL report adds: steps without signal and the loss settings trl ran with."""
+    history = trainer.state.log_history  # restored from the checkpoint on a resumed run
+    return {
+        "steps_without_signal": sum(
+            1 for h in history if h.get(ZERO_VARIANCE_KEY, 0.0) >= 1.0 - 1e-9
+        ),
+        "trl_args": {
+            "loss_type": trainer.args.loss_type,
+            "scale_rewards": trainer.args.scale_rewards,
+            "temperature": trainer.args.temperature,
+            "beta": trainer.args.beta,
+        },
+    }
