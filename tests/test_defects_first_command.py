@@ -243,6 +243,9 @@ def test_cli_says_it_is_loading_a_local_judge(tiny_folder: Path, capsys) -> None
 # ------------------------------------------------------------------ 29: two converters at once
 
 
+_ONE_LOAD_AT_A_TIME = threading.Lock()
+
+
 def _fake_gguf_loading(monkeypatch, tiny_folder: Path, barrier=None, fail: bool = False) -> None:
     """transformers' GGUF loading replaced by the tiny model (the conversion code is real)."""
     import transformers
@@ -255,7 +258,11 @@ def _fake_gguf_loading(monkeypatch, tiny_folder: Path, barrier=None, fail: bool 
             return real_model(src, *a, **kw)
         if barrier is not None:
             barrier.wait(timeout=60)  # both converters got past the "already converted?" check
-        m = real_model(tiny_folder, **kw)
+        # one load at a time: transformers' from_pretrained swaps process-wide state while it
+        # builds a model (weights first made on the meta device); two threads in it at once
+        # can leave that state behind, and a later test's model then loads with meta tensors
+        with _ONE_LOAD_AT_A_TIME:
+            m = real_model(tiny_folder, **kw)
         if fail:
             m.save_pretrained = _fail_after_writing(m.save_pretrained)
         return m
