@@ -48,7 +48,6 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.requests import ClientDisconnect
 
 from .results import FailureKind
 from .server import (
@@ -56,11 +55,9 @@ from .server import (
     ProtocolError,
     RewardProtocol,
     ServerSettings,
-    _authorized,
-    _BodyTooLarge,
     _decode_json,
     _error,
-    _read_body,
+    admitted_body,
 )
 
 log = logging.getLogger(__name__)
@@ -418,23 +415,10 @@ def create_front_app(
         return JSONResponse(body, status_code=200 if ok else 503)
 
     async def get_reward(request: Request) -> Response:
-        # the same checks, in the same order, as one server: a stranger costs no work
-        if not _authorized(request, settings.token):
-            return JSONResponse(
-                {"error": "missing or wrong token"},
-                status_code=401,
-                headers={"WWW-Authenticate": "Bearer", "Connection": "close"},
-            )
-        try:
-            body = await asyncio.wait_for(
-                _read_body(request, settings.max_body_bytes), timeout=deadline
-            )
-        except _BodyTooLarge:
-            return _error(413, f"request body larger than {settings.max_body_bytes} bytes")
-        except asyncio.TimeoutError:
-            return _error(408, f"request body not received within {deadline:.0f}s")
-        except ClientDisconnect:
-            return Response(status_code=400)
+        # the same admission as one server: a stranger costs no work
+        body = await admitted_body(request, settings, deadline)
+        if isinstance(body, Response):
+            return body
         expiry = time.monotonic() + deadline
         path = request.url.path
         if request.url.query:

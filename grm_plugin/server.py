@@ -385,6 +385,32 @@ def _authorized(request: Request, token: str | None) -> bool:
     return secrets.compare_digest(normalize_token(given).encode(), token.encode())
 
 
+async def admitted_body(
+    request: Request, settings: ServerSettings, deadline: float
+) -> bytes | Response:
+    """``request``'s body, or the refusal to answer with: the token first, before the body (a
+    stranger costs no work and no memory), then the body within ``deadline`` and the size
+    bound. One admission for the server and the ``--workers`` front alike."""
+    if not _authorized(request, settings.token):
+        return JSONResponse(
+            {"error": "missing or wrong token"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer", "Connection": "close"},
+        )
+    try:
+        return await asyncio.wait_for(
+            _read_body(request, settings.max_body_bytes), timeout=deadline
+        )
+    except _BodyTooLarge:
+        return _error(413, f"request body larger than {settings.max_body_bytes} bytes")
+    except asyncio.TimeoutError:
+        return _error(408, f"request body not received within {deadline:.0f}s")
+    except ClientDisconnect:
+        # a rollout worker stopped or restarted: nobody to answer, nothing went wrong here
+        log.info("a client disconnected before sending its whole request body")
+        return Response(status_code=400)
+
+
 def create_app(
     rm: GenerativeRewardFn, protocol: RewardProtocol, settings: ServerSettings | None = None
 ) -> FastAPI:
@@ -445,25 +471,9 @@ def create_app(
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     async def get_reward(request: Request) -> Response:
-        # before anything else, the body included: a stranger costs no work and no memory
-        if not _authorized(request, settings.token):
-            return JSONResponse(
-                {"error": "missing or wrong token"},
-                status_code=401,
-                headers={"WWW-Authenticate": "Bearer", "Connection": "close"},
-            )
-        try:
-            body = await asyncio.wait_for(
-                _read_body(request, settings.max_body_bytes), timeout=deadline
-            )
-        except _BodyTooLarge:
-            return _error(413, f"request body larger than {settings.max_body_bytes} bytes")
-        except asyncio.TimeoutError:
-            return _error(408, f"request body not received within {deadline:.0f}s")
-        except ClientDisconnect:
-            # a rollout worker stopped or restarted: nobody to answer, nothing went wrong here
-            log.info("a client disconnected before sending its whole request body")
-            return Response(status_code=400)
+        body = await admitted_body(request, settings, deadline)
+        if isinstance(body, Response):
+            return body
         # the deadline runs from the complete body, not from the headers: the client's own
         # timeout (OpenRLHF's read timeout) starts once it has sent the body, and a client
         # uploading slowly must not bring forward the deadline of the group it joins
