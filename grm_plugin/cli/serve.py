@@ -230,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn  # noqa: F401 - a clear message now, not at the end of the model load
 
-        from ..http_guard import default_max_connections, guarded_h11
+        from .. import http_guard  # noqa: F401 - needs h11: the same early, clear message
         from ..server import create_app, load_protocol, plugin_sections
     except ModuleNotFoundError as e:
         raise ModuleNotFoundError(
@@ -265,9 +265,48 @@ def run(args: argparse.Namespace) -> int:
         return run_front(args, settings, protocol, deadline)
     rm = GenerativeRewardFn.from_config(cfg)
     app = create_app(rm, protocol, settings)
-    level = logging.getLogger().getEffectiveLevel()
     # a --workers front's worker listens on its Unix socket, host and port are the front's
     where = {"uds": args.uds} if args.uds else {"host": settings.host, "port": settings.port}
+    # on SIGTERM/SIGINT uvicorn stops accepting and lets in-flight requests finish; each one
+    # answers within the deadline (fallback at worst), so waiting a little longer than that
+    # loses no reward a rollout worker is waiting for, and a stuck engine cannot hang the exit
+    serve_guarded(app, protocol, settings, grace=int(deadline) + 5, **where)
+    return 0
+
+
+def run_front(
+    args: argparse.Namespace, settings: ServerSettings, protocol: Any, deadline: float
+) -> int:
+    """``--workers N``: this process is the front on the port; N workers (this command line
+    with ``--workers 1``, each on a Unix socket) judge. See ``grm_plugin.serve_workers``."""
+    from ..serve_workers import WorkerPool, create_front_app
+
+    argv = getattr(args, "argv", None)
+    if argv is None:
+        raise ValueError("--workers needs the command line (run it through grm_plugin.cli.main)")
+    command = [sys.executable, "-m", "grm_plugin.cli.main", *argv, "--workers", "1"]
+    pool = WorkerPool(command, args.workers, stop_timeout=deadline + 10)
+    # the front's in-flight requests finish first (each within the deadline), then the
+    # lifespan stops the workers
+    serve_guarded(
+        create_front_app(pool, protocol, settings),
+        protocol,
+        settings,
+        grace=int(deadline) + 10,
+        host=settings.host,
+        port=settings.port,
+    )
+    return 0
+
+
+def serve_guarded(
+    app: Any, protocol: Any, settings: ServerSettings, *, grace: int, **where: Any
+) -> None:
+    """``app`` on uvicorn as every grm-plugin server runs (one process or a ``--workers``
+    front): guarded h11, short keep-alive, ``grace`` seconds to finish in-flight requests."""
+    from ..http_guard import default_max_connections, guarded_h11
+
+    level = logging.getLogger().getEffectiveLevel()
     run_uvicorn(
         app,
         protocol.paths[0],
@@ -281,47 +320,10 @@ def run(args: argparse.Namespace) -> int:
         ),
         # OpenRLHF opens a new connection per request; a long keep-alive only holds sockets
         timeout_keep_alive=5,
-        # on SIGTERM/SIGINT uvicorn stops accepting and lets in-flight requests finish; each one
-        # answers within the deadline (fallback at worst), so waiting a little longer than that
-        # loses no reward a rollout worker is waiting for, and a stuck engine cannot hang the exit
-        timeout_graceful_shutdown=int(deadline) + 5,
+        timeout_graceful_shutdown=grace,
         # one line per rollout sample is noise, and the URL may carry the token
         access_log=False,
     )
-    return 0
-
-
-def run_front(
-    args: argparse.Namespace, settings: ServerSettings, protocol: Any, deadline: float
-) -> int:
-    """``--workers N``: this process is the front on the port; N workers (this command line
-    with ``--workers 1``, each on a Unix socket) judge. See ``grm_plugin.serve_workers``."""
-    from ..http_guard import default_max_connections, guarded_h11
-    from ..serve_workers import WorkerPool, create_front_app
-
-    argv = getattr(args, "argv", None)
-    if argv is None:
-        raise ValueError("--workers needs the command line (run it through grm_plugin.cli.main)")
-    command = [sys.executable, "-m", "grm_plugin.cli.main", *argv, "--workers", "1"]
-    pool = WorkerPool(command, args.workers, stop_timeout=deadline + 10)
-    level = logging.getLogger().getEffectiveLevel()
-    run_uvicorn(
-        create_front_app(pool, protocol, settings),
-        protocol.paths[0],
-        host=settings.host,
-        port=settings.port,
-        log_level="info" if level <= logging.INFO else "warning",
-        http=guarded_h11(
-            header_timeout=settings.header_timeout,
-            max_connections=settings.max_connections or default_max_connections(),
-        ),
-        timeout_keep_alive=5,
-        # the front's in-flight requests finish first (each within the deadline), then the
-        # lifespan stops the workers
-        timeout_graceful_shutdown=int(deadline) + 10,
-        access_log=False,
-    )
-    return 0
 
 
 def run_uvicorn(app: Any, path: str, **config: Any) -> None:
