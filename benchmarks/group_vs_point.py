@@ -20,7 +20,7 @@ from pathlib import Path
 from grm_plugin import GenerativeRewardFn
 from grm_plugin.config import JudgeConfig
 from grm_plugin.evaluation import wilson_interval
-from grm_plugin.meta_rm_data import is_correct, load_preference_items
+from grm_plugin.items import is_correct, load_preference_items
 
 
 def _row(name: str, outcomes: list[tuple[bool, bool, bool]], seconds: float, calls: int) -> dict:

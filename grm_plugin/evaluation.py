@@ -16,7 +16,7 @@ coin) only under that name.
 
 Example:
     >>> from grm_plugin import GenerativeRewardFn
-    >>> from grm_plugin.meta_rm_data import PreferenceItem
+    >>> from grm_plugin.items import PreferenceItem
     >>> from grm_plugin.testing import RuleJudgeEngine
     >>> items = [PreferenceItem(id="a", prompt="Say hi", responses=["hi", "hello there"], best=1)]
     >>> rm = GenerativeRewardFn(RuleJudgeEngine(), samples=4, seed=0, parse_retries=0)
@@ -40,13 +40,9 @@ from pydantic import BaseModel, Field
 from .adaptive import AdaptiveRule, adaptive_samples
 from .benchmark_data.readers import Overall
 from .benchmark_data.scoring import headline
+from .items import PreferenceItem
 from .meta_rm import MetaRewardModel, rate_samples
-from .meta_rm_data import (
-    MetaRMRecord,
-    PreferenceItem,
-    judge_items,
-    records_from_result,
-)
+from .meta_rm.data import MetaRMRecord, judge_items, records_from_result
 from .results import FailureKind, JudgmentResult, Sample
 from .reward import GenerativeRewardFn
 from .voting import argmax_random_tie, select_by_meta, vote

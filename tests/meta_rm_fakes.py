@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from grm_plugin.meta_rm_data import MetaRMRecord, PreferenceItem
+from grm_plugin.items import PreferenceItem
+from grm_plugin.meta_rm.data import MetaRMRecord
 
 
 def marker_score(response: str) -> float:

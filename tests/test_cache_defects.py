@@ -258,7 +258,7 @@ def test_a_store_that_breaks_after_the_start_is_a_miss_not_an_engine_failure(
 
 def test_real_meta_rm_identity_is_its_weights_not_its_folder(tmp_path) -> None:
     pytest.importorskip("transformers")
-    from grm_plugin.meta_rm_model import MetaRM
+    from grm_plugin.meta_rm.model import MetaRM
 
     from .meta_rm_fakes import build_tiny_bert
 

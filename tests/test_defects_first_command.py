@@ -63,7 +63,7 @@ def test_comments_name_only_real_generation_request_fields() -> None:
 
 def test_meta_rm_model_has_no_dead_public_functions() -> None:
     """Every public top-level function of meta_rm_model is used somewhere else."""
-    module = ROOT / "grm_plugin" / "meta_rm_model.py"
+    module = ROOT / "grm_plugin" / "meta_rm" / "model.py"
     tree = ast.parse(module.read_text())
     public = [
         n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")

@@ -23,7 +23,7 @@ from grm_plugin.evaluation import (
     write_draws,
     write_report,
 )
-from grm_plugin.meta_rm_data import PreferenceItem
+from grm_plugin.items import PreferenceItem
 from grm_plugin.results import JudgmentResult, Sample
 from grm_plugin.testing import RuleJudgeEngine
 

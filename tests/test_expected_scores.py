@@ -13,7 +13,7 @@ from grm_plugin.config import TransformersEngineConfig
 from grm_plugin.engines import JudgeEngine
 from grm_plugin.engines.base import GenerationRequest
 from grm_plugin.evaluation import EXPECTED, ItemDraw, evaluate
-from grm_plugin.meta_rm_data import PreferenceItem
+from grm_plugin.items import PreferenceItem
 from grm_plugin.parsing import parse_judgment
 from grm_plugin.results import JudgmentResult, Sample
 from grm_plugin.score_distribution import ScoreDistribution, expected_in_original_order

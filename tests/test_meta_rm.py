@@ -9,16 +9,14 @@ import pytest
 
 from grm_plugin import GenerativeRewardFn
 from grm_plugin.cli.main import main
-from grm_plugin.meta_rm_data import (
+from grm_plugin.items import PreferenceItem, is_correct, load_preference_items
+from grm_plugin.meta_rm.data import (
     MetaRMRecord,
-    PreferenceItem,
     collect_records,
-    is_correct,
-    load_preference_items,
     read_records,
     write_records,
 )
-from grm_plugin.meta_rm_model import (
+from grm_plugin.meta_rm.model import (
     MetaRM,
     auc,
     encode_example,
@@ -198,7 +196,7 @@ def test_cli_collect_and_train(tmp_path, monkeypatch, tiny_bert):
 
 
 def test_cli_train_without_base_or_default_encoder_is_a_clear_error(tmp_path, monkeypatch, capsys):
-    import grm_plugin.meta_rm_model as model
+    import grm_plugin.meta_rm.model as model
 
     monkeypatch.setattr(model, "minilm_path", lambda: None)
     write_records(synthetic_records(2, 2), tmp_path / "r.jsonl")
@@ -264,7 +262,7 @@ def build_tiny_gemma2_classifier(folder, num_labels=1):
 
 
 def test_gemma2_classifier_as_meta_rm_with_the_chat_layout(tmp_path):
-    from grm_plugin.meta_rm_model import MetaRMInput
+    from grm_plugin.meta_rm.model import MetaRMInput
 
     folder = build_tiny_gemma2_classifier(tmp_path)
     layout = MetaRMInput(layout="chat", judge_template="deepseek-grm")
@@ -296,7 +294,7 @@ def test_gemma2_classifier_as_meta_rm_with_the_chat_layout(tmp_path):
 
 
 def test_two_label_head_and_text_layout(tmp_path):
-    from grm_plugin.meta_rm_model import MetaRMInput
+    from grm_plugin.meta_rm.model import MetaRMInput
 
     folder = build_tiny_gemma2_classifier(tmp_path, num_labels=2)
     layout = MetaRMInput(
@@ -313,7 +311,7 @@ def test_two_label_head_and_text_layout(tmp_path):
 
 
 def test_training_saves_the_input_layout(tiny_bert, tmp_path):
-    from grm_plugin.meta_rm_model import INPUT_FILE, MetaInputLayout, MetaRMInput
+    from grm_plugin.meta_rm.model import INPUT_FILE, MetaInputLayout, MetaRMInput
 
     out = tmp_path / "meta"
     layout = MetaRMInput(layout="text", text_template="{{ query }} || {{ judgment }}")

@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..meta_rm_data import PreferenceItem
+from ..items import PreferenceItem
 from .readers import READERS, Format, Overall, Reader, ReaderOptions, detect_format
 from .rows import (
     BenchmarkDataError,

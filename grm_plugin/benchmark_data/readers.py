@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..meta_rm_data import PreferenceItem
+from ..items import PreferenceItem
 from .rows import Row, Where
 
 

@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import evaluation as ev
     from ..adaptive import AdaptiveRule
     from ..benchmark_data import Format, ReaderOptions, load_benchmark
-    from ..meta_rm_data import write_records
+    from ..meta_rm.data import write_records
 
     ks: list[int] = args.samples
     args.samples = None  # the judge config gets max k below
@@ -235,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     if args.records:
         write_records(ev.records_from_draws(draws), args.records)
     if args.meta_rm:
-        from ..meta_rm_model import MetaRM, MetaRMInput
+        from ..meta_rm.model import MetaRM, MetaRMInput
 
         layout = None
         if args.meta_layout:

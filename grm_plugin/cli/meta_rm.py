@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_collect(args: argparse.Namespace) -> int:
-    from ..meta_rm_data import collect_records, load_preference_items, write_records
+    from ..items import load_preference_items
+    from ..meta_rm.data import collect_records, write_records
     from ..reward import GenerativeRewardFn
 
     items = load_preference_items(args.data, args.limit)
@@ -70,8 +71,8 @@ def run_collect(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..meta_rm_data import read_records
-    from ..meta_rm_model import minilm_path, train_meta_rm
+    from ..meta_rm.data import read_records
+    from ..meta_rm.model import minilm_path, train_meta_rm
 
     base = args.base or minilm_path()
     if base is None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..benchmark_data.rows import text_lines
-from ..meta_rm_data import is_correct
+from ..items import is_correct
 
 
 class BadInputReason(str, Enum):

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..meta_rm_data import is_correct
+from ..items import is_correct
 from ..parsing import parse_judgment
 
 

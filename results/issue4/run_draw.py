@@ -12,7 +12,7 @@ from pathlib import Path
 
 from grm_plugin import GenerativeRewardFn
 from grm_plugin.evaluation import ItemDraw
-from grm_plugin.meta_rm_data import load_preference_items
+from grm_plugin.items import load_preference_items
 
 out, n_items, k = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 max_chars = int(sys.argv[4]) if len(sys.argv) > 4 else 1200

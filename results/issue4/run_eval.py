@@ -18,8 +18,9 @@ from grm_plugin.evaluation import (
     records_from_draws,
     write_report,
 )
-from grm_plugin.meta_rm_data import is_correct, write_records
-from grm_plugin.meta_rm_model import MetaRM, auc, minilm_path, train_meta_rm
+from grm_plugin.items import is_correct
+from grm_plugin.meta_rm.data import write_records
+from grm_plugin.meta_rm.model import MetaRM, auc, minilm_path, train_meta_rm
 
 samples_path, work, report_dir = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 epochs = int(sys.argv[4]) if len(sys.argv) > 4 else 2

@@ -2,7 +2,7 @@
 sampled judgment and predicts whether the judgment is correct (BCE on ``MetaRMRecord`` labels).
 
 Example:
-    >>> from grm_plugin.meta_rm_data import read_records
+    >>> from grm_plugin.meta_rm.data import read_records
     >>> metrics = train_meta_rm(read_records("records.jsonl"), "path/to/encoder",
     ...                         "out/meta-rm", epochs=2)  # doctest: +SKIP
     >>> rm = GenerativeRewardFn(engine, samples=8, meta_rm=MetaRM("out/meta-rm"))  # doctest: +SKIP
@@ -22,8 +22,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .meta_rm_data import MetaRMRecord
-from .prompt import Conversation
+from ..prompt import Conversation
+from .data import MetaRMRecord
 
 METRICS_FILE = "meta_rm_metrics.json"
 #: how the saved meta RM lays out its input (written by training, read by ``MetaRM``)
@@ -242,7 +242,7 @@ class _Encoder:
             return self._text_template.render(
                 query=conversation_text(prompt), responses=list(shown), judgment=judgment
             )
-        from .templates import load_template
+        from ..templates import load_template
 
         # the prompt the judge saw (fence code fixed: it carries no information here)
         user = load_template(self.layout.judge_template).render(prompt, shown, nonce="meta")
@@ -508,7 +508,7 @@ class MetaRM:
         (~0.1 s for a MiniLM). The folder, not its path: a moved copy is the same meta RM.
         """
         if self._identity is None:
-            from .cache import template_digest
+            from ..cache import template_digest
 
             digest = hashlib.sha256()
             for f in sorted(q for q in self.path.iterdir() if q.is_file()):

@@ -1,6 +1,6 @@
 """The meta reward model interface: a scorer of judgments, used to drop bad samples before voting.
 
-Anything with this method works; the trained classifier comes with ``grm_plugin.meta_rm_model``.
+Anything with this method works; the trained classifier comes with ``grm_plugin.meta_rm.model``.
 An optional ``identity() -> str`` names what the scores depend on (its weights and input
 settings): the judgment cache keys judgments by it, so that judgments filtered by other weights
 are never reused (``meta_rm_identity``). Without it, judgments are reused within a run only.
@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from .prompt import Conversation
-from .results import Sample
+from ..prompt import Conversation
+from ..results import Sample
 
 
 @runtime_checkable

@@ -17,35 +17,12 @@ import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field
 
-from .prompt import Conversation
-from .results import JudgmentResult, Sample
-from .reward import GenerativeRewardFn
-
-
-class PreferenceItem(BaseModel):
-    """One labeled item: a prompt, its responses and the index of the best one.
-
-    ``subset`` groups items in reports (a benchmark's subset or section); ``source`` is kept
-    from our JSONL format, where it also serves as the subset when ``subset`` is absent.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: str
-    prompt: str | list[dict[str, str]]
-    responses: list[str] = Field(min_length=1)
-    best: int = Field(ge=0)
-    subset: str | None = None
-    source: str | None = None
-    reference: str | None = None
-
-    @model_validator(mode="after")
-    def _best_in_range(self) -> PreferenceItem:
-        if self.best >= len(self.responses):
-            raise ValueError(f"best={self.best} but only {len(self.responses)} responses")
-        return self
+from ..items import PreferenceItem, is_correct
+from ..prompt import Conversation
+from ..results import JudgmentResult, Sample
+from ..reward import GenerativeRewardFn
 
 
 class MetaRMRecord(BaseModel):
@@ -60,22 +37,6 @@ class MetaRMRecord(BaseModel):
     scores: list[float] = Field(description="parsed scores, original response order")
     order: list[int] = Field(description="order[j] = original index of the response shown j-th")
     best: int = Field(description="index of the best response, original order")
-
-
-def load_preference_items(path: str | Path, limit: int | None = None) -> list[PreferenceItem]:
-    """Read our JSONL format, ``{"prompt", "responses", "best"}`` per line (optional ``id``,
-    ``source``, ``subset``, ``reference``); an item without ``id`` gets ``<file stem>-<line>``.
-    Bad lines raise ``BenchmarkDataError`` (a ValueError) naming the file, line and field."""
-    from .benchmark_data import Format, load_benchmark
-
-    return load_benchmark(path, format=Format.GRM_PLUGIN, limit=limit).items
-
-
-def is_correct(scores: Sequence[float] | None, best: int) -> bool:
-    """True when ``scores[best]`` is strictly above every other score (a tie is wrong)."""
-    if scores is None:
-        return False
-    return all(scores[best] > s for i, s in enumerate(scores) if i != best)
 
 
 def records_from_sample(item: PreferenceItem, index: int, sample: Sample) -> MetaRMRecord | None:
