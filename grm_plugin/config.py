@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -235,12 +236,45 @@ class JudgeConfig(_Strict):
     @classmethod
     def load(cls, path: str | Path) -> JudgeConfig:
         """Read a YAML or JSON file."""
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"judge config not found: {p}")
-        text = p.read_text()
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-        return cls.model_validate(data or {})
+        return cls.model_validate(load_mapping(path, what="judge config"))
+
+    @classmethod
+    def coerce(cls, value: JudgeConfig | Mapping[str, Any] | str | Path | None) -> JudgeConfig:
+        """The one way a config given as a model, a dict, or a YAML/JSON path (None: the
+        defaults) becomes a validated ``JudgeConfig``; every constructor and adapter calls it.
+
+        Example:
+            >>> JudgeConfig.coerce({"sampling": {"samples": 2}}).sampling.samples
+            2
+            >>> JudgeConfig.coerce(None).engine.type
+            'default'
+        """
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, (str, Path)):
+            return cls.load(value)
+        if isinstance(value, Mapping):
+            return cls.model_validate(dict(value))
+        raise TypeError(
+            f"a judge config is a JudgeConfig, a dict or a YAML/JSON path, not {type(value).__name__}"
+        )
+
+
+def load_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A YAML or JSON file's top-level mapping (an empty file: ``{}``); the one reader of config
+    files, so every command refuses a missing file or a non-mapping the same way."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} not found: {p}")
+    text = p.read_text()
+    data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {p}: the top level must be a mapping, not {type(data).__name__}")
+    return data
 
 
 def checked_empty_response_score(value: float | None) -> float | None:
