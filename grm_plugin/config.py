@@ -258,7 +258,8 @@ class JudgeConfig(_Strict):
         if isinstance(value, Mapping):
             return cls.model_validate(dict(value))
         raise TypeError(
-            f"a judge config is a JudgeConfig, a dict or a YAML/JSON path, not {type(value).__name__}"
+            "a judge config is a JudgeConfig, a dict or a YAML/JSON path, "
+            f"not {type(value).__name__}"
         )
 
 
