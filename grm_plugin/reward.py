@@ -1,5 +1,11 @@
 """GenerativeRewardFn: an LLM judge's principles, critiques and scores, sampled k times, voted.
 
+The judge is thin: its parts each have one job. ``grm_plugin.validation`` checks the input,
+``grm_plugin.sampler`` draws the k judgments (orders, requests, parse retries, score-line
+prefill), ``grm_plugin.aggregator`` turns them into one result (expected scores, meta-RM filter,
+vote), ``grm_plugin.sync_bridge`` runs it all from sync code; ``grm_plugin.cache`` reuses
+earlier judgments.
+
 Example:
     >>> from grm_plugin import GenerativeRewardFn
     >>> from grm_plugin.engines import JudgeEngine
@@ -15,197 +21,55 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import os
 import pickle
 import random
 import secrets
-import threading
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from .aggregator import (
+    Aggregator,
+    failed_result,
+    failure_of,
+    item_failure_kind,
+    nothing_judged,
+    unjudged_scores,
+)
 from .cache import CacheConfig, JudgmentCache, fingerprint, template_digest
 from .config import JudgeConfig, SamplingConfig, checked_empty_response_score
-from .content import is_minimal
 from .deadline import NEVER, Deadline, Expiry
 from .engines import EngineSpec, JudgeEngine, make_engine
-from .engines.base import EngineError, GenerationRequest
-from .engines.errors import EngineTimeout, PromptTooLongError, failure_kind
-from .meta_rm import MetaRewardModel, meta_rm_identity, rate_samples
-from .parsing import parse_judgment
-from .prompt import Conversation, build_judge_messages, check_text, fit_responses, text_problem
-from .results import FailureKind, JudgmentResult, ResponseFlag, Sample
-from .score_distribution import expected_in_original_order
-from .templates import checked_template, load_template
-from .voting import select_by_meta, vote
+from .engines.errors import PromptTooLongError
+from .meta_rm import MetaRewardModel, meta_rm_identity
+from .prompt import Conversation
+from .results import FailureKind, JudgmentResult
+from .sampler import Sampler, ShownItem, item_nonce, sample_orders
+from .sync_bridge import cancelled_by_caller, run_sync, run_windowed
+from .templates import DEFAULT_TEMPLATE, checked_template
+from .validation import (
+    check_batch,
+    check_hint,
+    check_shown_order,
+    triage_responses,
+    validate_item,
+)
+
+# re-exported: adapters and callers import these from here
+__all__ = [
+    "GenerativeRewardFn",
+    "failure_of",
+    "item_failure_kind",
+    "run_sync",
+    "sample_orders",
+    "validate_item",
+]
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-#: assumed context (tokens) when the engine does not know its own
-DEFAULT_CONTEXT_WINDOW = 32768
-#: all permutations are cycled through when there are at most this many (n <= 6)
-_MAX_ENUMERATED_ORDERS = 720
-
-
-def validate_item(prompt: Any, responses: Any, reference: Any = None) -> None:
-    """Raise TypeError/ValueError with a clear message for malformed input."""
-    if isinstance(prompt, str):
-        pass
-    elif isinstance(prompt, Sequence) and all(
-        isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt
-    ):
-        if not prompt:
-            raise ValueError("prompt is an empty message list")
-    else:
-        raise TypeError(
-            f"prompt must be a string or a list of {{'role', 'content'}} messages, "
-            f"got {type(prompt).__name__}"
-        )
-    if isinstance(responses, str) or not isinstance(responses, Sequence):
-        raise TypeError(f"responses must be a list of strings, got {type(responses).__name__}")
-    if len(responses) == 0:
-        raise ValueError("responses is empty: give at least one response to judge")
-    for i, r in enumerate(responses):
-        if not isinstance(r, str):
-            raise TypeError(f"response {i} must be a string, got {type(r).__name__}")
-    if reference is not None and not isinstance(reference, str):
-        raise TypeError(f"reference must be a string or None, got {type(reference).__name__}")
-    # text an engine cannot encode is the caller's bad input, not the judge's failure
-    for j, m in enumerate([{"content": prompt}] if isinstance(prompt, str) else prompt):
-        where = "the prompt" if isinstance(prompt, str) else f"prompt turn {j}"
-        check_text(m["content"] + str(m.get("role", "")), where)
-    # a response's bad text is that response's problem only (flagged in _judge_item): in a
-    # group, the other responses keep their judgment
-    if reference is not None:
-        check_text(reference, "the reference")
-
-
-def sample_orders(n: int, k: int, rng: random.Random, shuffle: bool) -> list[tuple[int, ...]]:
-    """Response orders for k samples. With few responses every order is used about equally
-    often (position bias then cancels in the vote); otherwise orders are random."""
-    identity = tuple(range(n))
-    if not shuffle or n == 1:
-        return [identity] * k
-    if n <= 6 and k > 1:
-        perms = list(itertools.permutations(identity))
-        if len(perms) <= _MAX_ENUMERATED_ORDERS:
-            rng.shuffle(perms)
-            return [perms[j % len(perms)] for j in range(k)]
-    return [tuple(rng.sample(identity, n)) for _ in range(k)]
-
-
-async def _with_timeout(coro: Coroutine[Any, Any, T], expiry: Expiry) -> T:
-    timeout = expiry.remaining()
-    if timeout is None:
-        return await coro
-    try:
-        return await asyncio.wait_for(coro, max(timeout, 0.0))
-    except asyncio.TimeoutError:
-        raise EngineTimeout(
-            f"item deadline reached ({max(timeout, 0.0):.1f}s were left for this round)"
-        ) from None
-
 
 #: items ``ascore_batch`` judges at once at least (more when the engine runs more requests)
 _ITEMS_IN_FLIGHT = 1024
-
-#: judgments shorter than this (in all, per request) are parsed on the event loop: a thread
-#: hop costs ~0.3 ms of CPU, far more than parsing a few kilobytes (benchmarks/client_floor.py)
-_INLINE_PARSE_CHARS = 64_000
-
-
-def _cancelled_by_caller() -> bool:
-    """True when the running task itself is being cancelled (not a stray CancelledError that
-    an engine raised on its own, which is that engine's failure)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-class _BackgroundLoop:
-    """One event loop in a daemon thread, shared by every sync call in the process, so engine
-    clients, connection pools and concurrency limits are shared too (one loop per call would
-    give each call its own)."""
-
-    _lock = threading.Lock()
-    _loop: asyncio.AbstractEventLoop | None = None
-    _pid: int | None = None
-
-    @classmethod
-    def get(cls) -> asyncio.AbstractEventLoop:
-        with cls._lock:
-            # a fork()ed child inherits the loop object but not the thread that runs it
-            stale = cls._pid != os.getpid()
-            if stale or cls._loop is None or cls._loop.is_closed():
-                loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, daemon=True, name="grm-loop").start()
-                cls._loop, cls._pid = loop, os.getpid()
-            return cls._loop
-
-    @classmethod
-    def _after_fork_in_child(cls) -> None:
-        # the lock may have been held by another thread of the parent at fork time
-        cls._lock = threading.Lock()
-        cls._loop, cls._pid = None, None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_BackgroundLoop._after_fork_in_child)
-
-
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion from sync code (also from a thread with a running loop)."""
-    loop = _BackgroundLoop.get()
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop:
-        coro.close()
-        raise RuntimeError("sync API called from grm-plugin's own event loop: use the async API")
-    return asyncio.run_coroutine_threadsafe(coro, loop).result()
-
-
-def _texts(out: Any) -> bool:
-    """True for what ``generate`` must return: a list of strings (a judge server may answer
-    numbers or nulls, which are its failure, not the caller's bad input)."""
-    return isinstance(out, list) and all(isinstance(t, str) for t in out)
-
-
-def _failed(
-    error: str, kind: FailureKind, responses: Any, flag: str | None = None
-) -> JudgmentResult:
-    """A failed result with one (None) score and flag list per response, when they can be
-    counted (a bad item may not even be a list)."""
-    n = len(responses) if isinstance(responses, Sequence) and not isinstance(responses, str) else 0
-    return JudgmentResult(
-        scores=[None] * n,
-        score_sums=[None] * n,
-        failed=True,
-        error=error,
-        failure_kind=kind,
-        flags=[[flag] if flag else [] for _ in range(n)],
-    )
-
-
-def failure_of(error: Exception) -> tuple[FailureKind, str]:
-    """The kind and message of a failed judgment that raised ``error``: the one classification
-    that ``score_batch`` and the reward server (``GroupBatcher``) both give.
-
-    A prompt too long for the judge's context is the caller's input, not the engine's fault.
-
-    Example:
-        >>> failure_of(PromptTooLongError("the prompt alone leaves no room"))
-        (<FailureKind.BAD_INPUT: 'bad_input'>, 'bad input: the prompt alone leaves no room')
-        >>> failure_of(EngineError("connection refused"))[0].value
-        'engine'
-    """
-    kind = failure_kind(error)
-    if kind is FailureKind.BAD_INPUT:
-        return kind, f"bad input: {error}"
-    return kind, f"{type(error).__name__}: {error}"
 
 
 def _unless_batch_timeout(result: JudgmentResult, batch: Expiry) -> JudgmentResult | None:
@@ -221,16 +85,6 @@ def _with_votes(result: JudgmentResult, votes: int) -> JudgmentResult:
     """``result`` saying how many votes its judge is set up for (a copy: cached results are
     shared by judges that may vote differently)."""
     return result if result.votes == votes else result.model_copy(update={"votes": votes})
-
-
-def item_failure_kind(samples: Sequence[Sample]) -> FailureKind:
-    """The kind that explains an item with no valid sample: a timeout, else an engine failure,
-    else a parse failure (the first cause that, if fixed, could have given a score)."""
-    kinds = {s.failure_kind for s in samples}
-    for kind in (FailureKind.TIMEOUT, FailureKind.ENGINE, FailureKind.PARSE):
-        if kind in kinds:
-            return kind
-    return FailureKind.ENGINE
 
 
 class GenerativeRewardFn:
@@ -249,6 +103,10 @@ class GenerativeRewardFn:
         minimal_content: responses with no content token (":", "Thought process:"; see
             ``grm_plugin.content``) get the empty-response policy too, flagged
             ``minimal_content``.
+        cache: the judgment cache (``CacheConfig``; default off).
+
+    The keywords are a ``JudgeConfig``'s parts: ``from_config`` builds the same object from
+    one, by the same code.
 
     Example:
         >>> rm = GenerativeRewardFn("http://127.0.0.1:8000/v1", samples=8)  # doctest: +SKIP
@@ -274,24 +132,32 @@ class GenerativeRewardFn:
         empty_response_score: float | None = None,
         template: str | None = None,
         minimal_content: bool = False,
+        cache: CacheConfig | None = None,
     ) -> None:
-        sampling = SamplingConfig(
-            samples=samples,
-            temperature=temperature,
-            max_new_tokens=max_new_tokens,
-            shuffle=shuffle,
-            parse_retries=parse_retries,
-            keep=keep,
-            seed=seed,
-            expected_scores=expected_scores,
+        config = JudgeConfig(
+            sampling=SamplingConfig(
+                samples=samples,
+                temperature=temperature,
+                max_new_tokens=max_new_tokens,
+                shuffle=shuffle,
+                parse_retries=parse_retries,
+                keep=keep,
+                seed=seed,
+                expected_scores=expected_scores,
+            ),
+            deadline=(
+                deadline
+                if isinstance(deadline, Deadline)
+                else Deadline.model_validate(deadline or {})
+            ),
+            principles=principles,
+            template=str(template or DEFAULT_TEMPLATE),
+            # checked here too: a bool or a string is refused with a TypeError, not coerced
+            empty_response_score=checked_empty_response_score(empty_response_score),
+            minimal_content=minimal_content,
+            cache=cache or CacheConfig(),
         )
-        self._setup(sampling, meta_rm, principles, empty_response_score, deadline)
-        self.minimal_content = minimal_content
-        self.template = checked_template(template)
-        # a spec (URL, path, config, None) is kept so that the object pickles as its config
-        self._engine_spec = None if isinstance(engine, JudgeEngine) else (engine,)
-        self.engine: JudgeEngine = make_engine(engine)
-        self._check_engine()
+        self._build(config, engine, meta_rm)
 
     @classmethod
     def from_config(
@@ -305,26 +171,32 @@ class GenerativeRewardFn:
 
         ``engine`` overrides the configured engine (e.g. one that an adapter already holds).
         """
-        if isinstance(config, (str, Path)):
-            config = JudgeConfig.load(config)
-        elif isinstance(config, dict):
-            config = JudgeConfig.model_validate(config)
+        config = JudgeConfig.coerce(config)
         self = cls.__new__(cls)
-        self._setup(
-            config.sampling,
-            meta_rm,
-            config.principles,
-            config.empty_response_score,
-            config.deadline,
-        )
-        self.template = checked_template(config.template)
-        self.minimal_content = config.minimal_content
-        self.cache_config = config.cache
-        self._engine_spec = (config.engine,) if engine is None else None
-        self.engine = engine if engine is not None else make_engine(config.engine)
-        self._check_engine()
-        self._judgment_cache = self._new_judgment_cache()
+        self._build(config, config.engine if engine is None else engine, meta_rm)
         return self
+
+    def _build(
+        self, config: JudgeConfig, engine: EngineSpec, meta_rm: MetaRewardModel | None
+    ) -> None:
+        """The one constructor path: ``config``'s settings (its ``engine`` is not read:
+        ``engine`` is the spec or instance to judge with)."""
+        if meta_rm is not None and not isinstance(meta_rm, MetaRewardModel):
+            raise TypeError("meta_rm must have a score_judgments(prompt, shown, judgments) method")
+        self.sampling: SamplingConfig = config.sampling
+        self.deadline: Deadline = config.deadline
+        self.principles: str | None = config.principles
+        self.empty_response_score: float | None = config.empty_response_score
+        self.minimal_content: bool = config.minimal_content
+        self.template: str = checked_template(config.template)
+        self.meta_rm = meta_rm
+        self._items_started = 0  # an int, not itertools.count: it pickles everywhere
+        self._judge_identity: str | None = None
+        # a spec (URL, path, config, None) is kept so that the object pickles as its config
+        self._engine_spec = None if isinstance(engine, JudgeEngine) else (engine,)
+        self.engine: JudgeEngine = make_engine(engine)
+        self._check_engine()
+        self.cache_config = config.cache
 
     def _check_engine(self) -> None:
         if self.sampling.expected_scores and not self.engine.supports_score_distributions:
@@ -334,24 +206,17 @@ class GenerativeRewardFn:
                 f"does not: {self.engine.score_distributions_refusal}"
             )
 
-    def _setup(
-        self,
-        sampling: SamplingConfig,
-        meta_rm: MetaRewardModel | None,
-        principles: str | None,
-        empty_response_score: float | None,
-        deadline: Deadline | Mapping[str, float | None] | None = None,
-    ) -> None:
-        if meta_rm is not None and not isinstance(meta_rm, MetaRewardModel):
-            raise TypeError("meta_rm must have a score_judgments(prompt, shown, judgments) method")
-        self.deadline = (
-            deadline if isinstance(deadline, Deadline) else Deadline.model_validate(deadline or {})
-        )
-        self.sampling = sampling
-        self.meta_rm = meta_rm
-        self.principles = principles
-        self.empty_response_score = checked_empty_response_score(empty_response_score)
-        self._items_started = 0  # an int, not itertools.count: it pickles everywhere
+    @property
+    def cache_config(self) -> CacheConfig:
+        """The judgment cache's settings; setting them builds a new cache (and opens its store
+        now, so that a store that cannot be used fails here: ``CacheStoreError``)."""
+        return self._cache_config
+
+    @cache_config.setter
+    def cache_config(self, config: CacheConfig) -> None:
+        self._cache_config = config
+        identity = self._judgment_fingerprint() if config.max_items else ""
+        self._judgment_cache = JudgmentCache(config, identity)
 
     @property
     def keep(self) -> int:
@@ -405,8 +270,7 @@ class GenerativeRewardFn:
         """Async twin of ``score``. ``hint_best`` (index of the best response) adds a hint
         naming it to every prompt: only for collecting training data (SPCT's hinted retry)."""
         validate_item(prompt, responses, reference)
-        if hint_best is not None and not 0 <= hint_best < len(responses):
-            raise ValueError(f"hint_best={hint_best} but there are {len(responses)} responses")
+        check_hint(hint_best, len(responses))
         expiry = Expiry.after(self.deadline.item)
         result = await self._judge_cached(prompt, list(responses), reference, hint_best, expiry)
         return _with_votes(result, self.votes)
@@ -432,14 +296,10 @@ class GenerativeRewardFn:
             True
         """
         validate_item(prompt, responses, reference)
-        if sorted(order) != list(range(len(responses))):
-            raise ValueError(f"order {list(order)} is not a permutation of {len(responses)}")
-        if any(not r.strip() for r in responses):
-            raise ValueError("empty responses are never shown to the judge")
-        shown = self._fit(prompt, list(responses), reference)
-        return self._order_messages(
-            prompt, shown, tuple(order), secrets.token_hex(4), reference, None
-        )
+        check_shown_order(order, responses)
+        sampler = self._sampler()
+        shown = sampler.fit(prompt, list(responses), reference)
+        return sampler.messages(prompt, shown, tuple(order), secrets.token_hex(4), reference, None)
 
     def score_batch(
         self,
@@ -469,48 +329,14 @@ class GenerativeRewardFn:
         deadline: float | None = None,
     ) -> list[JudgmentResult]:
         """Async twin of ``score_batch``. Cancelling it cancels every item still being judged."""
-        for name, value in (("prompts", prompts), ("responses", responses)):
-            if isinstance(value, str) or not isinstance(value, Sequence):
-                raise TypeError(f"{name} must be a list (one entry per item), got {value!r:.40}")
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} response lists")
-        if references is None:
-            references = [None] * len(prompts)
-        elif isinstance(references, str) or not isinstance(references, Sequence):
-            # a bare string would otherwise give each item one of its characters
-            raise TypeError(
-                "references must be a list (one reference or None per item), "
-                f"got {references!r:.40}"
-            )
-        elif len(references) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(references)} references")
+        refs = check_batch(prompts, responses, references)
         batch_seconds = self.deadline.batch if deadline is None else deadline
         batch = Expiry.after(batch_seconds)
-        # every item's clock starts now, also for items admitted later (below)
+        # every item's clock starts now, also for items admitted later
         expiry = Expiry.after(self.deadline.item).sooner(batch)
 
         async def one(i: int) -> tuple[int, JudgmentResult]:
-            try:
-                validate_item(prompts[i], responses[i], references[i])
-            except (TypeError, ValueError) as e:
-                return i, _failed(f"bad input: {e}", FailureKind.BAD_INPUT, responses[i])
-            try:
-                judged = await self._judge_cached(
-                    prompts[i], list(responses[i]), references[i], None, expiry
-                )
-                return i, judged
-            except PromptTooLongError as e:
-                kind, message = failure_of(e)
-                return i, _failed(message, kind, responses[i])
-            except asyncio.CancelledError as e:
-                if _cancelled_by_caller():
-                    raise
-                # an engine's own CancelledError (e.g. its worker stopped) is its failure
-                return i, _failed(f"engine: cancelled: {e}", FailureKind.ENGINE, responses[i])
-            except Exception as e:  # noqa: BLE001 - one item's failure must not sink the batch
-                log.exception("judging item %d failed", i)
-                kind, message = failure_of(e)
-                return i, _failed(message, kind, responses[i])
+            return i, await self._judge_batch_item(prompts[i], responses[i], refs[i], i, expiry)
 
         results: list[JudgmentResult | None] = [None] * len(prompts)
         bar = None
@@ -518,54 +344,20 @@ class GenerativeRewardFn:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(prompts), desc="judging", unit="item")
+
+        def landed(i: int, res: JudgmentResult) -> None:
+            results[i] = _unless_batch_timeout(res, batch)
+            if bar is not None:
+                bar.update(1)
+
         # items in flight at once: enough to keep any engine busy, few enough that a large
         # batch's prompts and coroutines are not all alive at once (CPU per item stays flat)
         window = max(_ITEMS_IN_FLIGHT, 4 * (self.engine.max_in_flight or 0))
-        running: set[asyncio.Task] = set()
-        landed: asyncio.Queue[asyncio.Task] = asyncio.Queue()
-        admitted = 0
-
-        def admit() -> None:
-            nonlocal admitted
-            task = asyncio.ensure_future(one(admitted))
-            admitted += 1
-            running.add(task)
-            task.add_done_callback(landed.put_nowait)
-
-        async def collect() -> None:
-            # one callback per item and one timeout per batch: a loop of asyncio.wait
-            # (FIRST_COMPLETED) re-registered one on every pending task per wake-up (quadratic)
-            while admitted < len(prompts) and len(running) < window:
-                admit()
-            for _ in range(len(prompts)):
-                task = await landed.get()
-                running.discard(task)
-                i, res = task.result()
-                results[i] = _unless_batch_timeout(res, batch)
-                if bar is not None:
-                    bar.update(1)
-                if admitted < len(prompts):
-                    admit()
-
         try:
-            left = batch.remaining()
-            if left is None:
-                await collect()
-            else:
-                await asyncio.wait_for(collect(), max(left, 0.0))
-        except asyncio.TimeoutError:
-            pass  # the batch deadline: what was not judged by now is a timeout (below)
+            await run_windowed(one, len(prompts), window, batch, landed)
         finally:
-            # on the batch deadline, and when the caller cancels us: nothing keeps judging
-            for task in running:
-                task.cancel()
             if bar is not None:
                 bar.close()
-        while not landed.empty():  # finished as the deadline struck, before it was collected
-            task = landed.get_nowait()
-            if not task.cancelled() and task.exception() is None:
-                i, res = task.result()
-                results[i] = _unless_batch_timeout(res, batch)
         late = sum(r is None for r in results)
         if late:
             log.warning(
@@ -576,7 +368,7 @@ class GenerativeRewardFn:
             )
         for i, res in enumerate(results):
             if res is None:
-                results[i] = _failed(
+                results[i] = failed_result(
                     f"batch deadline ({batch_seconds:.1f}s) passed before this item was judged",
                     FailureKind.TIMEOUT,
                     responses[i],
@@ -590,38 +382,58 @@ class GenerativeRewardFn:
 
     # ----------------------------------------------------------------------------- internals
 
-    def _rng(self) -> random.Random:
-        seed = self.sampling.seed
-        self._items_started += 1
-        if seed is None:
-            return random.Random()
-        return random.Random(seed * 1_000_003 + self._items_started - 1)
+    async def _judge_batch_item(
+        self,
+        prompt: Any,
+        responses: Any,
+        reference: Any,
+        index: int,
+        expiry: Expiry,
+    ) -> JudgmentResult:
+        """One item of a batch: its failure (bad input, engine) is its result, not a raise."""
+        try:
+            validate_item(prompt, responses, reference)
+        except (TypeError, ValueError) as e:
+            return failed_result(f"bad input: {e}", FailureKind.BAD_INPUT, responses)
+        try:
+            return await self._judge_cached(prompt, list(responses), reference, None, expiry)
+        except PromptTooLongError as e:
+            kind, message = failure_of(e)
+            return failed_result(message, kind, responses)
+        except asyncio.CancelledError as e:
+            if cancelled_by_caller():
+                raise
+            # an engine's own CancelledError (e.g. its worker stopped) is its failure
+            return failed_result(f"engine: cancelled: {e}", FailureKind.ENGINE, responses)
+        except Exception as e:  # noqa: BLE001 - one item's failure must not sink the batch
+            log.exception("judging item %d failed", index)
+            kind, message = failure_of(e)
+            return failed_result(message, kind, responses)
 
-    def _fit(self, prompt: Conversation, responses: list[str], reference: str | None) -> list[str]:
-        """Truncate responses so that prompt + judgment fit the engine's context."""
-        window = self.engine.context_window or DEFAULT_CONTEXT_WINDOW
-        skeleton = build_judge_messages(
-            prompt,
-            [""] * len(responses),
-            nonce="x" * 8,
-            principles=self.principles,
-            reference=reference,
-            template=self.template,
+    def _item_randomness(self, item: int) -> tuple[random.Random, random.Random | None]:
+        """The order generator of the judge's ``item``-th item (from 1) and, for a seeded
+        judge, its seeder: the nonce (it is in the prompt) and the engine's sampling seeds come
+        from a generator of their own, so that a seed reproduces the judge's text; the orders
+        stay what that seed drew before."""
+        seed = self.sampling.seed
+        if seed is None:
+            return random.Random(), None
+        return random.Random(seed * 1_000_003 + item - 1), random.Random(f"{seed}|{item}")
+
+    def _sampler(self) -> Sampler:
+        # per item: ``engine`` may be swapped on a built judge
+        return Sampler(
+            self.engine, self.sampling, self.deadline.request, self.principles, self.template
         )
-        overhead = sum(self.engine.count_tokens(m["content"]) for m in skeleton) + 64
-        budget = window - self.sampling.max_new_tokens - overhead
-        joined = "".join(responses)
-        tokens = self.engine.count_tokens(joined)
-        if tokens <= budget:
-            return responses
-        if budget <= 0:
-            raise PromptTooLongError(
-                f"the prompt alone (~{overhead} tokens) leaves no room for the responses in a "
-                f"{window}-token context with {self.sampling.max_new_tokens} new tokens"
-            )
-        chars_per_token = len(joined) / max(tokens, 1)
-        # 0.95: token counts of a cut text are not exactly proportional to its length
-        return fit_responses(responses, int(budget * chars_per_token * 0.95))
+
+    def _aggregator(self) -> Aggregator:
+        return Aggregator(
+            self.engine,
+            self.sampling.samples,
+            self.sampling.expected_scores,
+            self.meta_rm,
+            self.keep,
+        )
 
     async def _judge_cached(
         self,
@@ -635,9 +447,7 @@ class GenerativeRewardFn:
         same content reused (``JudgeConfig.cache``; grm_plugin.cache)."""
         if hint_best is not None:  # a hinted judgment is training data, not a reusable score
             return await self._judge_item(prompt, responses, reference, hint_best, expiry)
-        cache = self.__dict__.get("_judgment_cache")
-        if cache is None:  # built with __init__ (no cache config), or pickled before it existed
-            cache = self._judgment_cache = self._new_judgment_cache()
+        cache = self._judgment_cache
         # per call: an edited template file is re-read by the renderer, so the key follows it
         identity = self._judgment_fingerprint() if cache.enabled else None
 
@@ -646,31 +456,25 @@ class GenerativeRewardFn:
 
         return await cache.judge(judge, prompt, responses, reference, fingerprint=identity)
 
-    def _new_judgment_cache(self) -> JudgmentCache:
-        """The judgment cache of ``cache_config``; opens its store now, so that a store that
-        cannot be used fails when the reward is built (``CacheStoreError`` names the file)."""
-        config = getattr(self, "cache_config", None) or CacheConfig()
-        return JudgmentCache(config, self._judgment_fingerprint() if config.max_items else "")
-
     def _judgment_fingerprint(self) -> str:
         """The judge's identity in the judgment cache: everything that changes a judgment.
         The template's text is hashed (``template_digest``: read again only when its file
         changed); the rest is computed once."""
-        fixed = self.__dict__.get("_judge_identity")
-        if fixed is None:
+        if self._judge_identity is None:
             from . import __version__  # the parser's version: its changes change scores
 
-            fixed = self._judge_identity = fingerprint(
+            self._judge_identity = fingerprint(
                 self.sampling,
                 self.principles,
                 self.empty_response_score,
-                getattr(self, "minimal_content", False),
-                getattr(self, "_engine_spec", None) or getattr(self.engine, "config", None),
+                self.minimal_content,
+                # a custom engine need not have a config: its type then stands for it
+                self._engine_spec or getattr(self.engine, "config", None),
                 type(self.engine).__qualname__,
                 self._meta_rm_identity(),
                 __version__,
             )
-        return fingerprint(fixed, template_digest(self.template))
+        return fingerprint(self._judge_identity, template_digest(self.template))
 
     def _meta_rm_identity(self) -> str:
         identity = meta_rm_identity(self.meta_rm)
@@ -696,401 +500,24 @@ class GenerativeRewardFn:
         hint_best: int | None = None,
         expiry: Expiry = NEVER,
     ) -> JudgmentResult:
-        n_all = len(responses)
-        flags: list[list[str]] = [[] for _ in range(n_all)]
-        minimal = getattr(self, "minimal_content", False)  # objects pickled before it existed
-        judged = []
-        invalid: dict[int, str] = {}
-        for i, r in enumerate(responses):
-            if not r.strip():
-                flags[i].append(ResponseFlag.EMPTY_RESPONSE.value)
-            elif (bad := text_problem(r, f"response {i}")) is not None:
-                flags[i].append(ResponseFlag.INVALID_TEXT.value)
-                invalid[i] = bad
-            elif minimal and is_minimal(r):
-                flags[i].append(ResponseFlag.MINIMAL_CONTENT.value)
-            else:
-                judged.append(i)
-        empty_score = self.empty_response_score
-        # responses the judge never saw: the empty value, or no score for text it cannot carry
-        unjudged = [None if i in invalid else empty_score for i in range(n_all)]
+        triage = triage_responses(responses, minimal_content=self.minimal_content)
+        judged = triage.judged
         if not judged:
-            if invalid:
-                return JudgmentResult(
-                    scores=unjudged,
-                    score_sums=[None] * n_all,
-                    failed=True,
-                    error="; ".join(invalid.values()),
-                    failure_kind=FailureKind.BAD_INPUT,
-                    flags=flags,
-                )
-            return JudgmentResult(
-                scores=unjudged,
-                score_sums=[None] * n_all,
-                failed=empty_score is None,
-                error="all responses are empty" + (" or have no content" if minimal else ""),
-                failure_kind=FailureKind.EMPTY if empty_score is None else None,
-                flags=flags,
-            )
-
-        shown_texts = self._fit(prompt, [responses[i] for i in judged], reference)
-        for j, i in enumerate(judged):
-            if shown_texts[j] is not responses[i] and shown_texts[j] != responses[i]:
-                flags[i].append("truncated")
-
+            return nothing_judged(triage, self.empty_response_score, self.minimal_content)
         hint = judged.index(hint_best) if hint_best in judged else None
-        samples = await self._sample(prompt, shown_texts, reference, responses, hint, expiry)
-        valid = [s for s in samples if s.scores is not None]
-        if self.sampling.expected_scores:
-            await self._add_expected_scores(valid, expiry)
-        if not valid:
-            reasons = sorted({s.failure or "" for s in samples})
-            return JudgmentResult(
-                scores=[unjudged[i] if i not in judged else None for i in range(n_all)],
-                score_sums=[None] * n_all,
-                samples=samples,
-                failed=True,
-                error="no valid judgment: " + "; ".join(reasons),
-                failure_kind=item_failure_kind(samples),
-                flags=flags,
-            )
-
-        if len(valid) < self.sampling.samples:
-            # fewer votes than asked for: flagged, so that the cache does not keep it as a
-            # complete judgment and callers can tell (grm_plugin.cache)
-            for i in judged:
-                flags[i].append(ResponseFlag.DEGRADED.value)
-        voters = valid
-        if self.meta_rm is not None:
-            voters = await self._meta_filter(prompt, shown_texts, valid)
-        for s in voters:
-            s.voted = True
-        mean, sums = vote([s.vote_scores() for s in voters], len(judged))  # type: ignore[misc]
-        scores: list[float | None] = list(unjudged)
-        score_sums: list[float | None] = [None] * n_all
+        sampler = self._sampler()
+        rng, seeder = self._item_randomness(self._items_started + 1)
+        nonce = item_nonce(seeder)
+        # one render for the item: each order's messages fill it in (none with a hint: it
+        # names a different position in every order)
+        frame = None if hint is not None else sampler.frame(prompt, len(judged), reference, nonce)
+        shown = sampler.fit(prompt, [responses[i] for i in judged], reference, frame)
+        # counted once it fits: an item refused as too long draws nothing from the seed
+        self._items_started += 1
         for j, i in enumerate(judged):
-            scores[i], score_sums[i] = mean[j], sums[j]
-        return JudgmentResult(
-            scores=scores,
-            score_sums=score_sums,
-            num_valid=len(valid),
-            num_voted=len(voters),
-            samples=samples,
-            flags=flags,
-        )
-
-    async def _sample(
-        self,
-        prompt: Conversation,
-        shown_texts: list[str],
-        reference: str | None,
-        originals: list[str],
-        hint_best: int | None = None,
-        expiry: Expiry = NEVER,
-    ) -> list[Sample]:
-        """Draw k samples; re-sample parse failures up to ``parse_retries`` rounds, all within
-        one ``expiry`` (the item's deadline, or its batch's if sooner)."""
-        cfg = self.sampling
-        rng = self._rng()
-        # seeded: the nonce (it is in the prompt) and the engine's sampling seeds come from a
-        # generator of their own, so that a seed reproduces the judge's text; the response
-        # orders stay what that seed drew before
-        seeder = None if cfg.seed is None else random.Random(f"{cfg.seed}|{self._items_started}")
-        n = len(shown_texts)
-        nonce = secrets.token_hex(4) if seeder is None else f"{seeder.getrandbits(32):08x}"
-        samples: list[Sample] = []
-        missing = cfg.samples
-        for attempt in range(cfg.parse_retries + 1):
-            if attempt > 0 and expiry.passed():
-                break  # no time left for another round: what failed stays failed
-            temperature = cfg.temperature if cfg.samples > 1 else 0.0
-            if attempt > 0 and temperature == 0.0:
-                temperature = cfg.retry_temperature  # greedy would repeat the same failure
-            orders = sample_orders(n, missing, rng, cfg.shuffle)
-            new = await self._run_orders(
-                prompt,
-                shown_texts,
-                reference,
-                orders,
-                nonce,
-                temperature,
-                attempt,
-                originals,
-                expiry,
-                hint_best,
-                seeder=seeder,
-            )
-            if self.engine.score_prefill:
-                new = await self._prefill_score_lines(
-                    new,
-                    prompt,
-                    shown_texts,
-                    reference,
-                    nonce,
-                    originals,
-                    expiry,
-                    hint_best,
-                    seeder=seeder,
-                )
-            samples += new
-            parse_failures = sum(1 for s in new if s.failure_kind is FailureKind.PARSE)
-            # engine failures are not retried here: the engine already retried within its deadline
-            missing = parse_failures
-            if missing == 0:
-                break
-        return samples
-
-    async def _run_orders(
-        self,
-        prompt: Conversation,
-        shown_texts: list[str],
-        reference: str | None,
-        orders: list[tuple[int, ...]],
-        nonce: str,
-        temperature: float,
-        attempt: int,
-        originals: list[str],
-        expiry: Expiry = NEVER,
-        hint_best: int | None = None,
-        *,
-        seeder: random.Random | None = None,
-    ) -> list[Sample]:
-        # one request per distinct order, n = how many samples use it: shares the prompt prefix
-        groups: dict[tuple[int, ...], int] = {}
-        for o in orders:
-            groups[o] = groups.get(o, 0) + 1
-        requests = []
-        for order, count in groups.items():
-            messages = self._order_messages(prompt, shown_texts, order, nonce, reference, hint_best)
-            requests.append(
-                GenerationRequest(
-                    messages,
-                    n=count,
-                    temperature=temperature,
-                    max_tokens=self.sampling.max_new_tokens,
-                    seed=None if seeder is None else seeder.getrandbits(31),
-                    request_timeout=self.deadline.request,
-                    expiry=expiry,
-                )
-            )
-        # the engine gets the expiry (to bound its tries); _generate guards engines that ignore it
-        outputs: list[Any]
-        if len(requests) == 1:  # k = 1, or k samples of one order: gather would cost a task
-            try:
-                outputs = [await self._generate(requests[0], expiry)]
-            except (Exception, asyncio.CancelledError) as e:
-                if isinstance(e, asyncio.CancelledError) and _cancelled_by_caller():
-                    raise
-                outputs = [e]
-        else:
-            outputs = await asyncio.gather(
-                *(self._generate(r, expiry) for r in requests),
-                return_exceptions=True,
-            )
-        by_order: dict[tuple[int, ...], list[Sample]] = {}
-        for (order, count), out, request in zip(groups.items(), outputs, requests, strict=True):
-            if isinstance(out, asyncio.CancelledError) and not _cancelled_by_caller():
-                # gather returned, so we were not cancelled: the engine raised it on its own
-                out = EngineError(f"the engine's request was cancelled ({out or 'no reason'})")
-            if not isinstance(out, BaseException) and not _texts(out):
-                out = EngineError(
-                    f"the engine returned {type(out).__name__} {str(out)[:80]!r}, not a list "
-                    "of strings"
-                )
-            if isinstance(out, BaseException):
-                if not isinstance(out, Exception):
-                    raise out
-                kind = failure_kind(out)
-                failure = f"{kind.value}: {type(out).__name__}: {out}"
-                by_order[order] = [
-                    Sample(order=list(order), attempt=attempt, failure=failure, failure_kind=kind)
-                    for _ in range(count)
-                ]
-            else:
-                parse_args = (out[:count], order, attempt, originals, shown_texts, nonce)
-                if sum(map(len, out[:count])) <= _INLINE_PARSE_CHARS:
-                    by_order[order] = self._parse_samples(*parse_args)
-                else:
-                    # a thread, as the server decodes bodies in one: parsing is linear, a long
-                    # text takes a while, and the loop serves every other item meanwhile
-                    by_order[order] = await asyncio.to_thread(self._parse_samples, *parse_args)
-                if expiry.passed():
-                    # a local engine stops writing at the expiry and returns what it has, which
-                    # can beat the timeout guard above by a hair: a text cut short by the
-                    # deadline is a timeout, not the judge's failure to write a score line
-                    for s in by_order[order]:
-                        if s.failure_kind is FailureKind.PARSE:
-                            s.failure = "timeout: the deadline passed while the judge was writing"
-                            s.failure_kind = FailureKind.TIMEOUT
-                # a custom engine that returns too few texts costs those samples, not the item
-                short = f"engine: returned {len(out)} texts for n={count}"
-                by_order[order] += [
-                    Sample(
-                        order=list(order),
-                        attempt=attempt,
-                        failure=short,
-                        failure_kind=FailureKind.ENGINE,
-                    )
-                    for _ in range(count - len(out))
-                ]
-            for s in by_order[order]:
-                s.messages = request.messages
-        # back in the order the orders were drawn, so that the first j samples are what k = j
-        # would have drawn (evaluation subsamples one draw for every k)
-        return [by_order[o].pop(0) for o in orders]
-
-    async def _prefill_score_lines(
-        self,
-        samples: list[Sample],
-        prompt: Conversation,
-        shown_texts: list[str],
-        reference: str | None,
-        nonce: str,
-        originals: list[str],
-        expiry: Expiry,
-        hint_best: int | None,
-        *,
-        seeder: random.Random | None = None,
-    ) -> list[Sample]:
-        """Continue each sample that ended without a parsable score line from its own text plus
-        the start of the template's score line (``Final Scores: [[`` or ``\\boxed{``: a few
-        tokens, small judges then write the numbers) rather than re-sampling the whole judgment;
-        a sample this does not fix stays a parse failure."""
-        todo = [i for i, s in enumerate(samples) if s.failure_kind is FailureKind.PARSE and s.text]
-        if not todo or not self.engine.supports_assistant_prefix:
-            return samples
-        # the template asked for this format: a prefill in another one contradicts the prompt
-        line_start = load_template(self.template).score_format.line_start
-        requests = [
-            GenerationRequest(
-                self._order_messages(
-                    prompt, shown_texts, tuple(samples[i].order), nonce, reference, hint_best
-                ),
-                n=1,
-                max_tokens=8 + 4 * len(shown_texts),
-                assistant_prefix=(samples[i].text or "").rstrip() + "\n\n" + line_start,
-                seed=None if seeder is None else seeder.getrandbits(31),
-                request_timeout=self.deadline.request,
-                expiry=expiry,
-            )
-            for i in todo
-        ]
-        outputs = await asyncio.gather(
-            *(self._generate(r, expiry) for r in requests),
-            return_exceptions=True,
-        )
-        fixed = list(samples)
-        for i, request, out in zip(todo, requests, outputs, strict=True):
-            if isinstance(out, BaseException) and not isinstance(out, Exception):
-                raise out
-            if isinstance(out, BaseException) or not _texts(out) or not out:
-                continue  # the original parse failure stands
-            old = samples[i]
-            (new,) = await asyncio.to_thread(
-                self._parse_samples,
-                [(request.assistant_prefix or "") + out[0]],
-                tuple(old.order),
-                old.attempt,
-                originals,
-                shown_texts,
-                nonce,
-            )
-            if new.scores is not None:
-                new.messages = old.messages
-                fixed[i] = new
-        return fixed
-
-    async def _add_expected_scores(self, valid: list[Sample], expiry: Expiry) -> None:
-        """Set ``expected_scores`` on each valid sample; a sample whose distributions could not
-        be read (deadline, engine error) keeps voting with its parsed scores."""
-
-        async def one(s: Sample) -> None:
-            if s.messages is None or s.text is None or s.score_starts is None:
-                return
-            dists = await _with_timeout(
-                self.engine.score_distributions(s.messages, s.text, s.score_starts), expiry
-            )
-            s.expected_scores = expected_in_original_order(dists, s.order)
-
-        outs = await asyncio.gather(*(one(s) for s in valid), return_exceptions=True)
-        for out in outs:
-            if isinstance(out, BaseException) and not isinstance(out, Exception):
-                raise out
-            if isinstance(out, Exception):
-                log.warning("expected scores not measured (parsed scores vote): %r", out)
-
-    def _generate(
-        self, request: GenerationRequest, expiry: Expiry
-    ) -> Coroutine[Any, Any, list[str]]:
-        """The engine's texts for ``request``, bounded by ``expiry`` here only when the engine
-        does not bound itself (``honours_expiry``): one timeout per request, not two."""
-        coro = self.engine.generate(request)
-        return coro if self.engine.honours_expiry else _with_timeout(coro, expiry)
-
-    def _order_messages(
-        self,
-        prompt: Conversation,
-        shown_texts: list[str],
-        order: tuple[int, ...],
-        nonce: str,
-        reference: str | None,
-        hint_best: int | None,
-    ) -> list[dict[str, str]]:
-        return build_judge_messages(
-            prompt,
-            [shown_texts[i] for i in order],
-            nonce=nonce,
-            principles=self.principles,
-            reference=reference,
-            hint_best=None if hint_best is None else order.index(hint_best),
-            template=self.template,
-        )
-
-    @classmethod
-    def _parse_samples(
-        cls,
-        texts: list[str],
-        order: tuple[int, ...],
-        attempt: int,
-        originals: list[str],
-        shown_texts: list[str],
-        nonce: str,
-    ) -> list[Sample]:
-        return [cls._parse_sample(t, order, attempt, originals, shown_texts, nonce) for t in texts]
-
-    @staticmethod
-    def _parse_sample(
-        text: str,
-        order: tuple[int, ...],
-        attempt: int,
-        originals: list[str],
-        shown_texts: list[str],
-        nonce: str | None = None,
-    ) -> Sample:
-        parsed = parse_judgment(
-            text, len(order), quoted=[*originals, *shown_texts], fence_code=nonce
-        )
-        sample = Sample(
-            text=text,
-            principles=parsed.principles,
-            critique=parsed.critique,
-            order=list(order),
-            attempt=attempt,
-        )
-        if parsed.scores is None:
-            sample.failure = f"parse: {parsed.error}"
-            sample.failure_kind = FailureKind.PARSE
-        else:
-            back = [0.0] * len(order)
-            for shown_pos, original_idx in enumerate(order):
-                back[original_idx] = parsed.scores[shown_pos]
-            sample.scores = back
-            sample.score_starts = parsed.score_starts
-        return sample
-
-    async def _meta_filter(
-        self, prompt: Conversation, shown_texts: list[str], valid: list[Sample]
-    ) -> list[Sample]:
-        assert self.meta_rm is not None
-        meta = await asyncio.to_thread(rate_samples, self.meta_rm, prompt, shown_texts, valid)
-        return [valid[i] for i in select_by_meta(meta, min(self.keep, len(valid)))]
+            if shown[j] is not responses[i] and shown[j] != responses[i]:
+                triage.flags[i].append("truncated")
+        item = ShownItem(prompt, shown, reference, responses, hint, nonce, frame)
+        samples = await sampler.sample(item, expiry, rng=rng, seeder=seeder)
+        unjudged = unjudged_scores(triage, self.empty_response_score)
+        return await self._aggregator().result(samples, triage, unjudged, prompt, shown, expiry)

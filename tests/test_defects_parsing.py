@@ -139,10 +139,10 @@ def test_parser_worst_case_is_linear():
 
 
 def test_parsing_runs_off_the_event_loop(monkeypatch):
-    import grm_plugin.reward as reward
+    import grm_plugin.sampler as sampler
 
     on_loop = []
-    real = reward.parse_judgment
+    real = sampler.parse_judgment
 
     def spy(*args, **kwargs):
         try:
@@ -156,10 +156,10 @@ def test_parsing_runs_off_the_event_loop(monkeypatch):
         # long enough that parsing it inline would hold the loop (short ones are parsed
         # inline: a thread hop costs more than they do, tests/test_client_floor.py)
         async def generate(self, request: GenerationRequest) -> list[str]:
-            padding = "A long preamble. " * (reward._INLINE_PARSE_CHARS // 16)
+            padding = "A long preamble. " * (sampler._INLINE_PARSE_CHARS // 16)
             return [padding + "\n" + t for t in await super().generate(request)]
 
-    monkeypatch.setattr(reward, "parse_judgment", spy)
+    monkeypatch.setattr(sampler, "parse_judgment", spy)
     rm = GenerativeRewardFn(LongWindedJudge(), samples=2, seed=0)
     assert rm.score("Capital of France?", ["Paris.", "Rome."]).scores == [9.0, 2.0]
     assert on_loop and not any(on_loop)
