@@ -287,18 +287,17 @@ class OpenRLHFProtocol(RewardProtocol):
     def from_section(
         cls, section: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
     ) -> OpenRLHFProtocol:
-        """Settings from the ``openrlhf`` section; ``overrides`` (flags) may set the top-level
-        keys and ``policy.<field>`` keys."""
+        """Settings from the ``openrlhf`` section; ``overrides`` (flags) have the section's
+        shape: their ``policy`` fields replace the section's one by one, their
+        ``strip_tokens`` are added, any other key replaces the section's."""
         data = {**section}
-        policy = dict(data.get("policy") or {})
         for key, value in (overrides or {}).items():
-            if key.startswith("policy."):
-                policy[key.removeprefix("policy.")] = value
+            if key == "policy":
+                data[key] = {**dict(data.get(key) or {}), **value}
             elif key == "strip_tokens":
                 data[key] = [*data.get(key, []), *value]
             else:
                 data[key] = value
-        data["policy"] = policy
         return cls(OpenRLHFSettings.model_validate(data))
 
     @property

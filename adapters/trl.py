@@ -117,7 +117,8 @@ class GRMReward:
 
     Args:
         config: a ``JudgeConfig``, a dict, or a YAML/JSON file path. It is loaded and validated
-            now; the judge itself is built on the first call (so the object pickles cheaply).
+            now (``JudgeConfig.coerce``); the judge itself is built on the first call (so the
+            object pickles cheaply).
             With neither ``config`` nor ``engine``, the file in ``$GRM_PLUGIN_CONFIG`` is
             loaded, and without it construction fails naming the variable (the embedded demo
             judge is ``{"engine": {"type": "default"}}``, never a silent default).
@@ -130,7 +131,8 @@ class GRMReward:
             GRPO group, ``num_generations``) are judged together; a number caps a judge call
             at that many distinct completions (near-equal chunks; 1 = pointwise).
         reference_column: dataset column whose value is the reference answer (if present).
-        policy: a ``RewardPolicy`` (or its dict): scale (``unit`` [0, 1] by default, ``raw``,
+        policy: a ``RewardPolicy`` (or its dict, the ``policy:`` mapping of the other
+            adapters' settings): scale (``unit`` [0, 1] by default, ``raw``,
             ``sum``, a picklable function), failure (``abstain`` = ``None`` by default, or a
             fallback value), empty completion (the lowest score by default).
         log_judgments: send principles/critiques to trl's completions table (``log_extra``).
@@ -170,11 +172,7 @@ class GRMReward:
             config = judge_config_from_env("trl GRMReward (pass a config or an engine)")
         if judge_kwargs:  # a misspelt option fails here, not silently on the first call
             inspect.signature(GenerativeRewardFn).bind(engine, **judge_kwargs)
-        if isinstance(config, (str, Path)):
-            config = JudgeConfig.load(config)
-        elif isinstance(config, Mapping):
-            config = JudgeConfig.model_validate(dict(config))
-        self.config: JudgeConfig | None = config
+        self.config: JudgeConfig | None = None if config is None else JudgeConfig.coerce(config)
         self.engine = engine
         self.judge_kwargs = judge_kwargs
         self.__name__ = name  # trl's get_callable_name() reads this

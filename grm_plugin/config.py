@@ -118,13 +118,18 @@ class OpenAIEngineConfig(_Strict):
         return v
 
 
-class TransformersEngineConfig(_Strict):
-    """A local model: a folder, a hub id or a .gguf file (dequantized once and cached)."""
+class LocalModelOptions(_Strict):
+    """How a local model runs: every option of the transformers engine but its model, shared by
+    ``TransformersEngineConfig`` and ``DefaultEngineConfig`` (the demo judge is a local model
+    too, so ``serve --batch-size`` and every other lever work on it alike)."""
 
-    type: Literal["transformers"] = "transformers"
-    model: str
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    adapter: str | None = Field(
+        None,
+        description="a peft LoRA adapter folder (e.g. `grm-plugin spct sft` output) applied to "
+        "the model and merged in at load; needs peft",
+    )
     batch_size: int = Field(8, ge=1, description="sequences generated together")
     batch_wait: float = Field(
         0.01,
@@ -160,6 +165,13 @@ class TransformersEngineConfig(_Strict):
     )
 
 
+class TransformersEngineConfig(LocalModelOptions):
+    """A local model: a folder, a hub id or a .gguf file (dequantized once and cached)."""
+
+    type: Literal["transformers"] = "transformers"
+    model: str
+
+
 class VLLMEngineConfig(_Strict):
     """Offline vLLM (`vllm.LLM`); needs a GPU."""
 
@@ -171,27 +183,33 @@ class VLLMEngineConfig(_Strict):
     extra: dict = Field(default_factory=dict, description="more vllm.LLM keyword arguments")
 
 
-class DefaultEngineConfig(_Strict):
-    """The embedded demo judge (Qwen2.5-Coder-0.5B-Instruct from PyPI): weak, for trying things."""
+class DefaultEngineConfig(LocalModelOptions):
+    """The embedded demo judge (Qwen2.5-Coder-0.5B-Instruct from PyPI): weak, for trying things.
+
+    Every ``TransformersEngineConfig`` option but ``model`` (the embedded one), with CPU-demo
+    defaults.
+
+    Example:
+        >>> cfg = DefaultEngineConfig(batch_size=2, batch_wait=0.1)
+        >>> t = cfg.transformers_config("/models/demo")
+        >>> t.model, t.batch_size, t.batch_wait, t.quantize
+        ('/models/demo', 2, 0.1, 'int8')
+    """
 
     type: Literal["default"] = "default"
-    device: str = "auto"
-    batch_size: int = Field(8, ge=1)
     # tuned for a CPU demo (benchmarks/first_command.py); same meaning as in transformers.
     # int8 vs float32 here: prefill 2.5x, decoding 1.24x faster; bfloat16 decoded 2x slower
     # (benchmarks/results/cpu_weights.md)
-    quantize: Literal["none", "int8"] = "int8"
-    max_new_tokens: int | None = Field(256, ge=16)
-    stop_loops: bool = True
-    repetition_penalty: float = Field(1.0, gt=0.0)
-    score_prefill: bool = True
-    stream: bool = False
+    quantize: Literal["none", "int8"] = Field(
+        "int8", description=LocalModelOptions.model_fields["quantize"].description
+    )
+    max_new_tokens: int | None = Field(
+        256, ge=16, description=LocalModelOptions.model_fields["max_new_tokens"].description
+    )
 
     def transformers_config(self, model: str) -> TransformersEngineConfig:
         """The TransformersEngineConfig that runs the demo judge from ``model`` (its path)."""
-        return TransformersEngineConfig(
-            model=model, **self.model_dump(exclude={"type"}), dtype="auto"
-        )
+        return TransformersEngineConfig(model=model, **self.model_dump(exclude={"type"}))
 
 
 EngineConfig = Annotated[

@@ -42,13 +42,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.requests import ClientDisconnect
 
-from .config import JudgeConfig
+from .config import JudgeConfig, load_mapping
 from .deadline import total_bound
 from .grouping import GroupBatcher, Judged, RewardItem
 from .results import FailureKind
@@ -545,24 +544,21 @@ def plugin_sections(
         ({}, {'port': 6000})
     """
     if isinstance(config, Mapping):
-        data: Any = dict(config)
+        data = dict(config)
+    elif isinstance(config, (str, Path)):
+        data = load_mapping(config, what="plugin config")
     else:
-        path = Path(config)
-        if not path.is_file():
-            raise FileNotFoundError(f"config not found: {path}")
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        data = data or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"config must be a mapping, got {type(data).__name__}")
+        raise TypeError(
+            f"a plugin config is a dict or a YAML/JSON path, not {type(config).__name__}"
+        )
     sections = {"judge", protocol, "server"}
     if not sections & data.keys():
-        return JudgeConfig.model_validate(data), {}, {}
+        return JudgeConfig.coerce(data), {}, {}
     unknown = data.keys() - sections
     if unknown:
         raise ValueError(f"unknown config sections {sorted(unknown)}; expected {sorted(sections)}")
     return (
-        JudgeConfig.model_validate(data.get("judge") or {}),
+        JudgeConfig.coerce(data.get("judge")),
         dict(data.get(protocol) or {}),
         dict(data.get("server") or {}),
     )

@@ -16,6 +16,9 @@ def add_judge_args(p: argparse.ArgumentParser) -> None:
         help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (repeatable)",
     )
     p.add_argument("--server-model", help="model name on the server (default: the first listed)")
+    p.add_argument(
+        "--adapter", help="LoRA adapter folder applied to the local judge model (needs peft)"
+    )
     p.add_argument("--config", help="judge config, YAML or JSON (a JudgeConfig)")
     p.add_argument("--samples", "-k", type=int, help="judgments per item (k)")
     p.add_argument("--temperature", type=float)
@@ -28,15 +31,17 @@ def judge_config_from_args(
     args: argparse.Namespace, base: JudgeConfig | None = None
 ) -> JudgeConfig:
     """A JudgeConfig from ``base`` or --config, overridden by the flags that were given."""
-    if base is not None:
-        cfg = base.model_copy(deep=True)
-    else:
-        cfg = JudgeConfig.load(args.config) if args.config else JudgeConfig()
+    # deep: the flags below assign into the copy, never into the caller's config
+    cfg = JudgeConfig.coerce(base if base is not None else args.config).model_copy(deep=True)
     if args.model:
         cfg.engine = TransformersEngineConfig(model=args.model)
     elif args.server:
         urls = args.server if len(args.server) > 1 else args.server[0]
         cfg.engine = OpenAIEngineConfig(base_url=urls, model=args.server_model)
+    if getattr(args, "adapter", None):
+        if cfg.engine.type not in ("transformers", "default"):
+            raise SystemExit("--adapter needs a local judge model (--model, or the default one)")
+        cfg.engine = cfg.engine.model_copy(update={"adapter": args.adapter})
     sampling = cfg.sampling.model_dump()
     for flag, key in [
         ("samples", "samples"),

@@ -18,7 +18,7 @@ import socket
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ..config import JudgeConfig, TransformersEngineConfig
+from ..config import JudgeConfig, LocalModelOptions
 from ..deadline import total_bound
 from .engine_args import add_judge_args, judge_config_from_args
 
@@ -127,12 +127,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size",
         type=int,
-        help="local model (--model): requests from concurrent clients generated together (8)",
+        help="local model (--model or the demo judge): requests from concurrent clients "
+        "generated together (8)",
     )
     p.add_argument(
         "--batch-wait",
         type=float,
-        help="local model (--model): seconds to wait for more requests to fill a batch (0.01)",
+        help="local model (--model or the demo judge): seconds to wait for more requests to "
+        "fill a batch (0.01)",
     )
     add_judge_args(p)
     p.set_defaults(func=run)
@@ -144,7 +146,8 @@ def _judge_config(args: argparse.Namespace, judge_section: JudgeConfig) -> Judge
 
 
 def apply_batching(args: argparse.Namespace, cfg: JudgeConfig) -> JudgeConfig:
-    """``--batch-size``/``--batch-wait`` on a local transformers engine; refused elsewhere.
+    """``--batch-size``/``--batch-wait`` on a local model (a transformers engine or the demo
+    judge); refused elsewhere.
 
     OpenRLHF sends one sample per request: these decide how many concurrent requests the local
     engine coalesces into one ``generate`` call. A served engine (``--server``) batches on the
@@ -157,25 +160,33 @@ def apply_batching(args: argparse.Namespace, cfg: JudgeConfig) -> JudgeConfig:
     }
     if not given:
         return cfg
-    if not isinstance(cfg.engine, TransformersEngineConfig):
+    if not isinstance(cfg.engine, LocalModelOptions):
         raise ValueError(
-            "--batch-size/--batch-wait apply to a local model (--model or engine type "
-            f"'transformers'), not to engine type '{cfg.engine.type}'"
+            "--batch-size/--batch-wait apply to a local model (--model, engine type "
+            f"'transformers' or the demo judge 'default'), not to engine type '{cfg.engine.type}'"
         )
-    engine = TransformersEngineConfig.model_validate({**cfg.engine.model_dump(), **given})
+    engine = type(cfg.engine).model_validate({**cfg.engine.model_dump(), **given})
     return cfg.model_copy(update={"engine": engine})
 
 
 def protocol_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The protocol/policy flags given, as keys of the protocol's section."""
-    out: dict[str, Any] = {}
+    """The protocol/policy flags given, in the shape of the protocol's config section (the
+    policy flags nested under ``policy``, as in the file).
+
+    Example:
+        >>> from grm_plugin.cli.main import build_parser
+        >>> protocol_overrides(build_parser().parse_args(["serve", "--fallback-reward", "0"]))
+        {'policy': {'fallback': 0.0, 'on_failure': 'fallback'}}
+    """
+    policy: dict[str, Any] = {}
     if args.reward_scale is not None:
-        out["policy.scale"] = args.reward_scale
+        policy["scale"] = args.reward_scale
     if args.fallback_reward is not None:
-        out["policy.fallback"] = args.fallback_reward
-        out["policy.on_failure"] = "fallback"
+        policy["fallback"] = args.fallback_reward
+        policy["on_failure"] = "fallback"
     if args.on_failure is not None:
-        out["policy.on_failure"] = args.on_failure
+        policy["on_failure"] = args.on_failure
+    out: dict[str, Any] = {"policy": policy} if policy else {}
     if args.tokenizer is not None:
         out["tokenizer"] = args.tokenizer
     if args.strip:

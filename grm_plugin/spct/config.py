@@ -9,14 +9,12 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..config import EngineConfig, JudgeConfig
+from ..config import EngineConfig, JudgeConfig, load_mapping
 
 
 class _Strict(BaseModel):
@@ -67,6 +65,12 @@ class CollectSettings(_Strict):
     hint_retry: bool = Field(
         False, description="items with no correct judgment get one more round with a hint"
     )
+    hint_samples: int | None = Field(
+        None,
+        ge=1,
+        description="judgments drawn in the hinted round (None: samples). The paper retries "
+        "once with the hint; we draw N and keep every correct one",
+    )
     parse_retries: int = Field(
         0, ge=0, description="re-sampling rounds for unparsable judgments (0: counts are exact)"
     )
@@ -79,7 +83,7 @@ class CollectSettings(_Strict):
 
 
 class LoraSettings(_Strict):
-    """peft LoRA adapter; merged into the base weights when saving."""
+    """peft LoRA adapter; saved unmerged, merged, or both (``save`` of the section)."""
 
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
@@ -87,14 +91,45 @@ class LoraSettings(_Strict):
     target_modules: str | list[str] = Field("all-linear", description="peft target_modules")
 
 
-class SFTSettings(_Strict):
+SaveMode = Literal["adapter", "merged", "both"]
+_SAVE_HELP = (
+    "adapter: the LoRA adapter unmerged (peft, bf16 safetensors, spct_adapter.json manifest; "
+    "loads onto its base); merged: a plain model folder; both: merged, adapter in <out>/adapter "
+    "(None: adapter with lora, else merged)"
+)
+
+
+class _SavesJudge(_Strict):
+    @model_validator(mode="after")
+    def _adapter_needs_lora(self) -> _SavesJudge:
+        if self.save in ("adapter", "both") and self.lora is None:  # type: ignore[attr-defined]
+            raise ValueError(f"save: {self.save} needs lora (full fine-tuning has no adapter)")
+        return self
+
+
+class SFTSettings(_SavesJudge):
     """trl SFTTrainer on collected records; the loss covers the judgment (assistant turn) only."""
 
     base: str | None = Field(
-        None, description="model folder, .gguf file or hub id (None: the embedded default judge)"
+        None,
+        description="model folder, .gguf file, hub id, or a LoRA adapter folder (merged into "
+        "its base in memory) (None: the embedded default judge)",
     )
     lora: LoraSettings | None = Field(
-        None, description="train a LoRA adapter (merged when saving) instead of all weights"
+        None, description="train a LoRA adapter instead of all weights"
+    )
+    save: SaveMode | None = Field(None, description=_SAVE_HELP)
+    general_data: str | None = Field(
+        None,
+        description='general instruction data mixed into RFT: chat JSONL, {"messages": [...]} '
+        "per line, trained on its last (assistant) turn (the paper: -5 points without it)",
+    )
+    general_ratio: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="share of the SFT set that is general data (at most what the file holds); "
+        "drawn by sha256(seed, line id): the same lines every run",
     )
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: epochs)")
@@ -123,11 +158,13 @@ class SFTSettings(_Strict):
     )
 
 
-class RLSettings(_Strict):
+class RLSettings(_SavesJudge):
     """trl GRPOTrainer on the judge itself with the +1/-1 rule reward."""
 
     base: str | None = Field(
-        None, description="the judge to train, e.g. the sft output (None: the default judge)"
+        None,
+        description="the judge to train, e.g. the sft output: a model folder or a LoRA adapter "
+        "folder (merged in memory; a saved adapter is stacked onto it) (None: the default judge)",
     )
     steps: int = Field(50, ge=1)
     group_size: int = Field(4, ge=2, description="judgments sampled per prompt (the paper: 4)")
@@ -149,6 +186,7 @@ class RLSettings(_Strict):
     temperature: float = Field(1.0, gt=0, description="sampling temperature of the judgments")
     max_completion_length: int = Field(512, ge=8)
     lora: LoraSettings | None = None
+    save: SaveMode | None = Field(None, description=_SAVE_HELP)
     device: str = "cpu"
     save_steps: int = Field(
         0,
@@ -177,12 +215,8 @@ class SPCTConfig(_Strict):
     @classmethod
     def load(cls, path: str | Path) -> SPCTConfig:
         """Read a YAML or JSON file."""
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"SPCT config not found: {p}")
-        text = p.read_text()
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        data = load_mapping(path, what="SPCT config")
         try:
-            return cls.model_validate(data or {})
+            return cls.model_validate(data)
         except ValueError as e:
-            raise ValueError(f"{p}: {e}") from e
+            raise ValueError(f"{path}: {e}") from e
