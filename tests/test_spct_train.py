@@ -62,8 +62,19 @@ def test_sft_with_lora_saves_a_loadable_judge(tiny: Path, records: Path, tmp_pat
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
     saved = json.loads((tmp_path / "sft" / "spct_train.json").read_text())
     assert saved["steps"] == 2
-    assert not (tmp_path / "sft" / "adapter_config.json").exists()  # merged: a plain folder
+    # LoRA: the adapter alone by default, which loads onto its base like a model
+    assert (tmp_path / "sft" / "adapter_config.json").exists()
+    assert not (tmp_path / "sft" / "config.json").exists()
     _loads_as_judge(tmp_path / "sft")
+    merged = tmp_path / "merged"
+    train_sft(
+        read_rft_records(records),
+        merged,
+        settings.model_copy(update={"save": "merged"}),
+        progress=False,
+    )
+    assert not (merged / "adapter_config.json").exists()  # merged: a plain folder
+    _loads_as_judge(merged)
 
 
 def test_sft_drop_hinted_and_full_fine_tuning(tiny: Path, records: Path, tmp_path: Path) -> None:

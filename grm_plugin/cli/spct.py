@@ -9,6 +9,8 @@ import sys
 from .engine_args import add_judge_args, judge_config_from_args
 
 _CONFIG_HELP = "SPCT config, YAML or JSON (sections judge, make_pairs, collect, sft, rl)"
+_SAVE_MODES = ["adapter", "merged", "both"]
+_SAVE_HELP = "adapter (LoRA unmerged, bf16; the default with LoRA), merged, or both"
 
 
 def _load(args: argparse.Namespace):
@@ -94,7 +96,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("records", help="records from `grm-plugin spct collect`")
     s.add_argument("--out", required=True, help="folder to save the fine-tuned judge into")
     s.add_argument("--base", help="model folder, .gguf or hub id (default: the embedded judge)")
-    s.add_argument("--lora", action="store_true", help="train a LoRA adapter (merged on save)")
+    s.add_argument("--lora", action="store_true", help="train a LoRA adapter")
+    s.add_argument("--save", choices=_SAVE_MODES, help=_SAVE_HELP)
     s.add_argument("--drop-hinted", action="store_true", help="leave hinted records out")
     s.add_argument("--epochs", type=float)
     s.add_argument("--max-steps", type=int)
@@ -117,6 +120,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", required=True, help="folder to save the trained judge into")
     r.add_argument("--base", help="model folder, e.g. the sft output (default: embedded judge)")
     r.add_argument("--lora", action="store_true")
+    r.add_argument("--save", choices=_SAVE_MODES, help=_SAVE_HELP)
     r.add_argument("--steps", type=int)
     r.add_argument("--group-size", type=int)
     r.add_argument("--beta", type=float, help="KL coefficient (default 0.08)")
@@ -216,6 +220,7 @@ def run_collect(args: argparse.Namespace) -> int:
         items,
         args.out,
         hint_retry=args.hint_retry or spct.collect.hint_retry,
+        hint_samples=spct.collect.hint_samples,
         chunk_size=spct.collect.chunk_size,
         read_report=report,
         progress=not args.no_progress,
@@ -234,6 +239,7 @@ def run_sft(args: argparse.Namespace) -> int:
         args,
         {
             "base": "base",
+            "save": "save",
             "epochs": "epochs",
             "max_steps": "max_steps",
             "lr": "learning_rate",
@@ -264,6 +270,7 @@ def run_rl(args: argparse.Namespace) -> int:
         args,
         {
             "base": "base",
+            "save": "save",
             "steps": "steps",
             "group_size": "group_size",
             "beta": "beta",

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -142,11 +143,102 @@ def _write_converted(gguf: Path, folder: Path) -> None:
     tok.save_pretrained(folder)
 
 
-def load_model_and_tokenizer(spec: str, device: str = "cpu", dtype: str = "auto"):
-    """Load (model, tokenizer); GGUF files are converted once and cached as safetensors."""
+#: written beside a LoRA adapter by ``grm-plugin spct``: its base model, sha256 and size
+ADAPTER_MANIFEST = "spct_adapter.json"
+#: the base named in a manifest when the adapter was trained on the embedded demo judge
+DEFAULT_BASE = "default"
+#: config fields an adapter's base must share with the model it is applied to
+BASE_SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+
+
+def is_adapter_folder(spec: str | Path) -> bool:
+    """A peft adapter folder (``adapter_config.json``) that is not a whole model."""
+    p = Path(spec).expanduser()
+    return (p / "adapter_config.json").is_file() and not (p / "config.json").is_file()
+
+
+def adapter_base(adapter: str | Path) -> str:
+    """The base model an adapter was trained on: its manifest's ``base`` (``default``: the
+    embedded judge), else peft's ``base_model_name_or_path``.
+
+    Example:
+        >>> import json, tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / "adapter_config.json").write_text(json.dumps(
+        ...     {"base_model_name_or_path": "org/model"}))
+        >>> adapter_base(d)
+        'org/model'
+    """
+    folder = Path(adapter).expanduser()
+    manifest = folder / ADAPTER_MANIFEST
+    base = None
+    if manifest.is_file():
+        base = json.loads(manifest.read_text()).get("base")
+    if not base:
+        config = folder / "adapter_config.json"
+        base = json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{folder}: the adapter names no base model: give the model too")
+    if base == DEFAULT_BASE:
+        from ..default_judge import default_judge_path
+
+        return str(default_judge_path())
+    return str(base)
+
+
+def base_shape(config: Any) -> dict[str, Any]:
+    """What an adapter's base must match (``BASE_SHAPE_KEYS`` of a transformers config)."""
+    return {k: getattr(config, k, None) for k in BASE_SHAPE_KEYS}
+
+
+def apply_adapter(model: Any, adapter: str | Path) -> Any:
+    """``model`` with the LoRA adapter merged in (peft ``merge_and_unload``: no adapter cost
+    per token). A base of another shape than the manifest records, or that the adapter's
+    weights do not fit, is a ValueError naming both."""
+    folder = Path(adapter).expanduser()
+    if not (folder / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"LoRA adapter not found: {folder} has no adapter_config.json")
+    try:
+        from peft import PeftModel
+    except ImportError as e:
+        raise ModuleNotFoundError(
+            f"loading the LoRA adapter {folder} needs peft ({e}): pip install peft"
+        ) from e
+    name = getattr(model.config, "_name_or_path", "the model")
+    manifest = folder / ADAPTER_MANIFEST
+    if manifest.is_file():
+        want = json.loads(manifest.read_text()).get("base_shape") or {}
+        have = base_shape(model.config)
+        wrong = {k: (v, have.get(k)) for k, v in want.items() if have.get(k) != v}
+        if wrong:
+            diff = ", ".join(f"{k} {a} (adapter) vs {b} (model)" for k, (a, b) in wrong.items())
+            raise ValueError(
+                f"the adapter {folder} was trained on another base than {name}: {diff}"
+            )
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
+    try:
+        merged = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    except (RuntimeError, ValueError, KeyError) as e:  # size mismatch, modules not found
+        raise ValueError(f"the adapter {folder} does not fit the base {name}: {e}") from e
+    # peft loads for inference and freezes the base: a model trained further (spct --base an
+    # adapter, full fine-tuning) must come back as trainable as it went in
+    for n, p in merged.named_parameters():
+        p.requires_grad_(trainable.get(n, p.requires_grad))
+    return merged
+
+
+def load_model_and_tokenizer(
+    spec: str, device: str = "cpu", dtype: str = "auto", adapter: str | None = None
+):
+    """Load (model, tokenizer); GGUF files are converted once and cached as safetensors.
+
+    ``adapter`` (a peft LoRA folder) is merged into the model; ``spec`` may itself be an
+    adapter folder, whose base (``adapter_base``) is loaded first."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if adapter is None and is_adapter_folder(spec):
+        spec, adapter = adapter_base(spec), spec
     source = resolve_model_source(spec)
     if dtype == "auto":
         torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -156,6 +248,8 @@ def load_model_and_tokenizer(spec: str, device: str = "cpu", dtype: str = "auto"
         source = convert_gguf(source)
     tok = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+    if adapter is not None:
+        model = apply_adapter(model, adapter)
     model.to(device)
     model.eval()
     return model, tok
@@ -278,7 +372,9 @@ class TransformersEngine(JudgeEngine):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
-        self.model, self.tokenizer = load_model_and_tokenizer(config.model, device, config.dtype)
+        self.model, self.tokenizer = load_model_and_tokenizer(
+            config.model, device, config.dtype, adapter=config.adapter
+        )
         if config.quantize == "int8":
             if device != "cpu":
                 raise ValueError("quantize='int8' runs on the CPU only: set device='cpu'")

@@ -52,11 +52,28 @@ def peft_config(lora: LoraSettings | None) -> Any:
     )
 
 
+def save_mode(settings: SFTSettings | RLSettings) -> str:
+    """``settings.save``, or its default: the adapter alone when training LoRA, else merged."""
+    return settings.save or ("adapter" if settings.lora is not None else "merged")
+
+
 def save_judge(
-    model: Any, tokenizer: Any, out: Path, report: dict, accelerator: Any = None
+    model: Any,
+    tokenizer: Any,
+    out: Path,
+    report: dict,
+    accelerator: Any = None,
+    *,
+    save: str = "merged",
+    base: str | None = None,
 ) -> Path:
-    """Save a plain transformers folder (LoRA merged in) that ``GenerativeRewardFn(out)`` and
-    ``grm-plugin eval --model out`` load like any model; ``report`` goes to ``spct_train.json``.
+    """Save the trained judge at ``out``, loadable by ``GenerativeRewardFn(out)`` and
+    ``grm-plugin eval --model out``; ``report`` goes to ``spct_train.json``.
+
+    ``save``: ``adapter``: ``out`` is the LoRA adapter, unmerged (``adapter.save_adapter``:
+    bf16 safetensors and a manifest naming ``base``, what the model was trained from);
+    ``merged``: a plain transformers folder with the LoRA merged in; ``both``: the merged folder
+    with the adapter in ``out/adapter``. The adapter's manifest is added to ``report``.
 
     Under ``accelerate launch`` every process holds the same trained weights: only the main
     process (of ``accelerator``, the trainer's) writes, the others wait until it has, so no
@@ -64,13 +81,25 @@ def save_judge(
     if accelerator is not None and not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return out
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.padding_side = "left"  # what the judge engine generates with
-    tokenizer.save_pretrained(tmp)
+    if save in ("adapter", "both"):
+        from .adapter import save_adapter
+
+        if not hasattr(model, "merge_and_unload"):
+            raise ValueError(f"save: {save} needs a LoRA run (lora settings)")
+        # into the caller's report too: run_stage returns it
+        report["adapter"] = save_adapter(model, tmp / "adapter", base)
+    if save in ("merged", "both"):
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        model.save_pretrained(tmp)
+        tokenizer.padding_side = "left"  # what the judge engine generates with
+        tokenizer.save_pretrained(tmp)
+    else:  # the adapter alone is the folder
+        for f in (tmp / "adapter").iterdir():
+            f.replace(tmp / f.name)
+        (tmp / "adapter").rmdir()
     (tmp / "spct_train.json").write_text(json.dumps(report, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)
@@ -81,7 +110,13 @@ def save_judge(
 
 
 def save_trained_judge(
-    trainer: Any, tokenizer: Any, out: Path, report: dict, base: str | None, sharded: bool = False
+    trainer: Any,
+    tokenizer: Any,
+    out: Path,
+    report: dict,
+    base: str | None,
+    sharded: bool = False,
+    save: str = "merged",
 ) -> Path:
     """``save_judge`` for a trainer's model, from every process of the run.
 
@@ -91,7 +126,7 @@ def save_trained_judge(
     process merges a LoRA adapter from there into a fresh CPU copy of ``base``."""
     accelerator = trainer.accelerator
     if not (sharded or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
-        return save_judge(trainer.model, tokenizer, out, report, accelerator)
+        return save_judge(trainer.model, tokenizer, out, report, accelerator, save=save, base=base)
     gathered = out.with_name(out.name + ".gathered")
     trainer.save_model(str(gathered))
     if accelerator.is_main_process:
@@ -103,7 +138,7 @@ def save_trained_judge(
             from transformers import AutoModelForCausalLM
 
             model = AutoModelForCausalLM.from_pretrained(str(gathered), dtype="float32")
-        save_judge(model, tokenizer, out, report)
+        save_judge(model, tokenizer, out, report, save=save, base=base)
         shutil.rmtree(gathered, ignore_errors=True)
     accelerator.wait_for_everyone()
     return out
@@ -242,5 +277,5 @@ def run_stage(
             "log_history": trainer.state.log_history,
             "settings": settings.model_dump(mode="json"),
         }
-        save_trained_judge(trainer, tokenizer, out, report, settings.base)
+        save_trained_judge(trainer, tokenizer, out, report, settings.base, save=save_mode(settings))
     return report

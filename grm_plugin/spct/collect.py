@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -184,7 +185,7 @@ def _tally(
 
 
 async def _collect_item(
-    rm: GenerativeRewardFn, item: SPCTItem, hint_retry: bool
+    rm: GenerativeRewardFn, item: SPCTItem, hint_rm: GenerativeRewardFn | None
 ) -> tuple[ItemOutcome | None, list[RFTRecord], int]:
     """(outcome or None when the engine failed, records, samples lost to the engine)."""
     res = await _judge(rm, item, False)
@@ -196,8 +197,8 @@ async def _collect_item(
     records = _tally(item, res, outcome, hinted=False)
     if records and len(records) == outcome.samples:
         outcome.too_easy, records = True, []
-    elif not records and hint_retry:
-        hinted = await _judge(rm, item, True)
+    elif not records and hint_rm is not None:
+        hinted = await _judge(hint_rm, item, True)
         lost = _engine_failed(hinted)
         if lost is not None:
             return None, [], lost
@@ -209,10 +210,21 @@ async def _collect_item(
     return outcome, records, 0
 
 
+def _hint_judge(rm: GenerativeRewardFn, samples: int | None) -> GenerativeRewardFn:
+    """The judge of the hinted round: ``rm`` itself, or a copy drawing ``samples`` judgments
+    (the same engine, prompt and parser)."""
+    if samples is None or samples == rm.sampling.samples:
+        return rm
+    hint_rm = copy.copy(rm)
+    hint_rm.sampling = rm.sampling.model_copy(update={"samples": samples})
+    hint_rm.__dict__.pop("_judge_identity", None)  # its sampling differs: another cache identity
+    return hint_rm
+
+
 async def _collect_all(
     rm: GenerativeRewardFn,
     todo: Sequence[SPCTItem],
-    hint_retry: bool,
+    hint_rm: GenerativeRewardFn | None,
     concurrency: int,
     on_done: Callable[[ItemOutcome | None, list[RFTRecord], int], None],
 ) -> None:
@@ -222,7 +234,7 @@ async def _collect_all(
 
     async def one(item: SPCTItem) -> tuple[ItemOutcome | None, list[RFTRecord], int]:
         async with gate:
-            return await _collect_item(rm, item, hint_retry)
+            return await _collect_item(rm, item, hint_rm)
 
     tasks = [asyncio.ensure_future(one(it)) for it in todo]
     try:
@@ -240,12 +252,15 @@ def collect(
     out: str | Path,
     *,
     hint_retry: bool = False,
+    hint_samples: int | None = None,
     chunk_size: int = 8,
     read_report: ReadReport | None = None,
     progress: bool = True,
 ) -> CollectCounts:
     """Judge ``items`` with ``rm`` (N = ``rm.sampling.samples`` judgments each) and append the
     correct judgments to ``out`` (JSONL of ``RFTRecord``); resumes from what ``out`` holds.
+    With ``hint_retry``, items with no correct judgment get a hinted round of ``hint_samples``
+    judgments (None: N, as the plain round).
 
     ``rm`` may be a function that builds the judge: it is called only when some item is left to
     judge, so a finished run resumed does not load a model. ``chunk_size`` items are judged at
@@ -280,5 +295,6 @@ def collect(
                     bar.update(1)
                     bar.set_postfix(kept=counts.kept)
 
-                run_sync(_collect_all(judge, todo, hint_retry, chunk_size, on_done))
+                hint_rm = _hint_judge(judge, hint_samples) if hint_retry else None
+                run_sync(_collect_all(judge, todo, hint_rm, chunk_size, on_done))
     return counts

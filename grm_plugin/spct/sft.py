@@ -7,15 +7,22 @@ them under the plain prompt would teach the judge to reach the right ranking fro
 that was written knowing the answer (and may cite the hint), a shortcut the paper warns about;
 ``hinted: drop`` leaves them out.
 
+General instruction data (``general_data``: chat JSONL, the paper's RFT mix) is added as
+``general_ratio`` of the set, drawn by ``general_examples``; the report counts it.
+
 Example:
     >>> report = train_sft(read_rft_records("rft.jsonl"), "judge-sft")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, Field
 
 from ._train import load_base, run_stage
 from .collect import RFTRecord
@@ -25,6 +32,79 @@ from .config import SFTSettings
 def sft_examples(records: Sequence[RFTRecord]) -> list[dict]:
     """Prompt-completion examples (trl's conversational format) from records."""
     return [{"prompt": r.messages[:-1], "completion": [r.messages[-1]]} for r in records]
+
+
+class GeneralData(BaseModel):
+    """What ``general_examples`` read and drew from a general instruction file."""
+
+    lines: int = Field(0, description="usable conversations in the file")
+    skipped: dict[str, int] = Field(default_factory=dict, description="unusable lines by reason")
+    used: int = Field(0, description="conversations mixed into the SFT set")
+
+
+def _conversation(line: str) -> tuple[str, list[dict[str, str]]] | str:
+    """(id, messages) of one JSONL line, or why it cannot be used."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return "not JSON"
+    messages = row.get("messages") if isinstance(row, dict) else None
+    if not isinstance(messages, list) or len(messages) < 2:
+        return "no messages list of 2+ turns"
+    if not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in messages
+    ):
+        return "a message without string role and content"
+    if messages[-1]["role"] != "assistant":
+        return "last turn is not the assistant's"
+    # an explicit id keeps the draw stable when lines are edited; else the content is the id
+    key = row.get("id")
+    if key is None:
+        key = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+    return str(key), [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def general_examples(
+    path: str | Path, judge_examples: int, ratio: float, seed: int = 0
+) -> tuple[list[dict], GeneralData]:
+    """Examples from the chat JSONL ``path`` making ``ratio`` of a set with ``judge_examples``
+    judge examples (fewer when the file has fewer), and what was read.
+
+    Lines are ranked by sha256(seed, id) (``id`` field, else the messages), and the first ones
+    taken: the same lines on every run, and a larger set keeps the lines of a smaller one.
+    Each becomes a prompt-completion example trained on its last (assistant) turn.
+
+    Example:
+        >>> import tempfile
+        >>> f = Path(tempfile.mkdtemp()) / "general.jsonl"
+        >>> chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+        >>> _ = f.write_text("\\n".join(
+        ...     [json.dumps({"id": str(i), "messages": chat}) for i in range(9)] + ["{bad"]))
+        >>> rows, read = general_examples(f, judge_examples=6, ratio=0.25)
+        >>> len(rows), read.lines, read.skipped, read.used
+        (2, 9, {'not JSON': 1}, 2)
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"general instruction data not found: {p}")
+    read = GeneralData()
+    found: dict[str, list[dict[str, str]]] = {}
+    for line in p.read_text().splitlines():
+        if not line.strip():
+            continue
+        got = _conversation(line)
+        if isinstance(got, str):
+            read.skipped[got] = read.skipped.get(got, 0) + 1
+            continue
+        found.setdefault(got[0], got[1])
+    read.lines = len(found)
+    want = round(judge_examples * ratio / (1.0 - ratio))
+    ranked = sorted(found, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
+    chosen = ranked[: min(want, len(ranked))]
+    read.used = len(chosen)
+    rows = [{"prompt": found[k][:-1], "completion": [found[k][-1]]} for k in chosen]
+    return rows, read
 
 
 def train_sft(
@@ -48,6 +128,13 @@ def train_sft(
     examples = sft_examples(used)
     if not examples:
         raise ValueError("no records to train on (all were hinted and hinted=drop, or none)")
+    judge_count = len(examples)
+    general = GeneralData()
+    if settings.general_data:
+        rows, general = general_examples(
+            settings.general_data, judge_count, settings.general_ratio, settings.seed
+        )
+        examples += rows
     model, tok = load_base(settings.base, settings.device)
     return run_stage(
         "sft",
@@ -67,7 +154,13 @@ def train_sft(
             completion_only_loss=True,
         ),
         trainer_kwargs={"callbacks": list(callbacks) or None},
-        inputs={"examples": len(examples), "hinted_examples": sum(r.hinted for r in used)},
+        inputs={
+            "examples": len(examples),
+            "judge_examples": judge_count,
+            "hinted_examples": sum(r.hinted for r in used),
+            "general_examples": general.used,
+            "general_data": general.model_dump() if settings.general_data else None,
+        },
         outcome=lambda trainer, result: {"train_loss": result.training_loss},
         progress=progress,
     )

@@ -2,7 +2,7 @@
 # The GSM8K SPCT experiment (PLAN.md): runs or resumes every stage, in order.
 #
 #   results/spct_gsm8k/run.sh            # all stages; rerun after any stop to resume
-#   results/spct_gsm8k/run.sh collect    # one stage (split make-pairs collect sft rl
+#   results/spct_gsm8k/run.sh collect    # one stage (split make-pairs collect sft rl adapter
 #                                        #   eval-base eval-rft eval-rl report)
 #   TIME_LIMIT=3h results/spct_gsm8k/run.sh   # stop after 3 hours (a "piece"); rerun resumes
 #
@@ -66,6 +66,25 @@ rl() {  # resumes from the last checkpoint in models/judge-rl.checkpoints
     --config $CFG --no-progress
 }
 
+adapter() {  # the final judge's LoRA adapter (rl saves it stacked onto the RFT one) -> adapter/
+  [[ -f $R/models/judge-rl/spct_adapter.json ]] || { echo "no rl adapter yet" >&2; exit 1; }
+  mkdir -p $R/adapter
+  cp $R/models/judge-rl/{adapter_config.json,adapter_model.safetensors,spct_adapter.json} \
+    $R/adapter/
+  python - "$R/adapter" <<'EOF'
+import hashlib, json, sys
+from pathlib import Path
+d = Path(sys.argv[1])
+weights = (d / "adapter_model.safetensors").read_bytes()
+manifest = json.loads((d / "spct_adapter.json").read_text())
+sha = hashlib.sha256(weights).hexdigest()
+assert sha == manifest["sha256"], "the adapter's weights do not match its manifest"
+assert len(weights) <= 32 * 2**20, f"adapter is {len(weights) / 2**20:.1f} MiB (> 32 MiB)"
+(d / "SHA256SUMS").write_text(f"{sha}  adapter_model.safetensors\n")
+print(f"adapter/: {len(weights) / 2**20:.1f} MiB, sha256 {sha} (put it in the README)")
+EOF
+}
+
 evaluate() {  # evaluate STAGE: every held-out shard, then the preference items; per shard
   local stage=$1 shard name ks
   for shard in $R/data/heldout_k8_*.jsonl $R/data/heldout_k1_*.jsonl $R/data/preference.jsonl; do
@@ -85,7 +104,7 @@ report() {
 }
 
 stages=("$@")
-[[ ${#stages[@]} -eq 0 ]] && stages=(split make-pairs collect sft rl eval-base eval-rft eval-rl report)
+[[ ${#stages[@]} -eq 0 ]] && stages=(split make-pairs collect sft rl adapter eval-base eval-rft eval-rl report)
 for s in "${stages[@]}"; do
   case $s in
     split) split ;;
@@ -93,6 +112,7 @@ for s in "${stages[@]}"; do
     collect) collect ;;
     sft) sft ;;
     rl) rl ;;
+    adapter) adapter ;;
     eval-base) evaluate base ;;
     eval-rft) evaluate rft ;;
     eval-rl) evaluate rl ;;
