@@ -1,4 +1,4 @@
-"""verl 0.9.1 adapter: a generative reward model as a verl reward manager or reward function.
+"""verl 0.9.1 adapter: settings, sample translation and the judging state shared by its two ways in.
 
 verl asks for one sample at a time (``RewardLoopWorker`` makes one task per sample and awaits
 ``reward_manager.run_single`` for each), so the responses of one prompt are gathered here: the
@@ -11,11 +11,13 @@ for all workers (``grm_plugin.adapters.verl_group_actor``; ``group_actor=false``
 
 Two ways in, no code change in verl:
 
-1. The ``grm`` reward manager (registered through the ``verl.plugins`` entry point, which
-   ``import verl`` loads), settings in ``reward.reward_kwargs``::
+1. The ``grm`` reward manager (``grm_plugin.adapters.verl_manager``, registered through the
+   ``verl.plugins`` entry point, which ``import verl`` loads), settings in
+   ``reward.reward_kwargs``::
 
        reward.reward_manager.name=grm
        +reward.reward_kwargs.grm_config=/path/judge.yaml
+       +reward.reward_kwargs.policy.scale=raw
 
 2. A custom reward function (groups by prompt text + reference, as it sees no ``uid``)::
 
@@ -23,27 +25,35 @@ Two ways in, no code change in verl:
        reward.custom_reward_function.name=compute_score
        +reward.custom_reward_function.reward_kwargs.grm_config=/path/judge.yaml
 
-The judge config comes from ``grm_config``, else ``$GRM_PLUGIN_CONFIG``; with neither (and no
-judge launched by verl) the first call raises ``MissingJudgeConfigError`` naming the variable.
-When verl launched the judge (``reward.reward_model.enable=True``) it passes
-``reward_router_address`` and we talk to that OpenAI-compatible router (``http://{addr}/v1``).
+This module imports no verl: the function path, the settings and the Ray actor need none.
+
+The judge config comes from ``grm_config`` (``JudgeConfig.coerce``: a path or a dict), else
+``$GRM_PLUGIN_CONFIG``; with neither (and no judge launched by verl) the first call raises
+``MissingJudgeConfigError`` naming the variable. When verl launched the judge
+(``reward.reward_model.enable=True``) it passes ``reward_router_address`` and we talk to that
+OpenAI-compatible router (``http://{addr}/v1``).
 
 Every sample returns the same keys (verl builds its extra-info columns from the first sample's
 keys): ``score`` and ``EXTRA_KEYS`` (``grm_plugin.policy.REWARD_KEYS`` + ``grm_group_size``).
-What a failure or an empty response gets is the ``RewardPolicy`` (``scale``, ``on_failure``,
-``fallback``, ``empty`` in the same kwargs), applied by ``grm_plugin.group_rewards`` as in every
-adapter; verl cannot leave a sample out, so an abstained sample gets the mean of the others
-judged with it (zero GRPO advantage), or ``fallback`` when the judge scored none of them.
+What a failure or an empty response gets is the ``RewardPolicy`` nested as ``policy`` in the
+same kwargs, applied by ``grm_plugin.group_rewards`` as in every adapter; verl cannot leave a
+sample out, so an abstained sample gets the mean of the others judged with it (zero GRPO
+advantage), or the policy's ``fallback`` when the judge scored none of them.
+
+Judging state (built judges, group batchers, the running tally) lives in a ``VerlJudging``
+object owned by whoever judges: the manager instance, the job's Ray actor, and, for
+``compute_score`` (a plain function verl calls with no instance of its own), the one
+``FUNCTION_JUDGING`` of the process.
 
 Example:
     >>> import asyncio
     >>> from grm_plugin import GenerativeRewardFn
     >>> from grm_plugin.testing import RuleJudgeEngine
-    >>> set_reward_fn(GenerativeRewardFn(RuleJudgeEngine()))
-    >>> out = asyncio.run(compute_score("gsm8k", "720", "720", {"question": "24 * 30?"}))
+    >>> judging = VerlJudging(GenerativeRewardFn(RuleJudgeEngine()))
+    >>> request = JudgeRequest("24 * 30?", "720", "720", VerlSettings(), None)
+    >>> out = asyncio.run(judging.judge(request))
     >>> out["score"], out["grm_raw"], out["grm_failed"]  # RuleJudgeEngine: 1 + len("720")
     (0.3333333333333333, 4.0, 0.0)
-    >>> set_reward_fn(None)
 """
 
 from __future__ import annotations
@@ -54,10 +64,11 @@ import logging
 import threading
 import weakref
 from collections.abc import Hashable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from grm_plugin.cache import with_training_cache
 from grm_plugin.config import JudgeConfig, OpenAIEngineConfig, judge_config_from_env
@@ -67,17 +78,17 @@ from grm_plugin.grouping import GroupBatcher, RewardItem
 from grm_plugin.policy import REWARD_KEYS, RewardPolicy, RewardValue, summarize
 from grm_plugin.reward import GenerativeRewardFn
 
-if TYPE_CHECKING:  # verl (and torch) are only needed for the reward manager
-    from verl import DataProto
-
 __all__ = [
     "EXTRA_KEYS",
+    "FUNCTION_JUDGING",
     "MANAGER_NAME",
     "JudgeRequest",
+    "VerlJudging",
     "VerlSettings",
+    "build_judge",
     "compute_score",
-    "get_manager_cls",
-    "judge_request",
+    "find_prompt",
+    "plain",
     "set_reward_fn",
 ]
 
@@ -107,11 +118,12 @@ NO_DEADLINE_S = 24 * 3600.0
 class VerlSettings(BaseModel):
     """Adapter settings, read from verl's ``reward_kwargs``; an unknown key is an error.
 
-    The policy keys (``scale``, ``on_failure``, ``fallback``, ``empty``, ``use_reference``)
-    are those of ``grm_plugin.policy.RewardPolicy``.
+    The reward policy is nested as ``policy`` (``grm_plugin.policy.RewardPolicy``: ``scale``,
+    ``on_failure``, ``fallback``, ``empty``, ``use_reference``), as in every adapter's settings;
+    in Hydra: ``+reward.reward_kwargs.policy.scale=raw``.
 
     Example:
-        >>> s = VerlSettings.from_kwargs({"scale": "raw", "group_size": 4})
+        >>> s = VerlSettings.from_kwargs({"policy": {"scale": "raw"}, "group_size": 4})
         >>> s.policy.fallback_value(), s.chunk_size(8), s.chunk_size(5)
         (5.5, 4, 3)
     """
@@ -142,28 +154,28 @@ class VerlSettings(BaseModel):
         description="manager with reward.num_workers > 1 under Ray: judge every worker's "
         "samples in one named Ray actor per job, so that a uid's samples meet",
     )
-    scale: Literal["unit", "raw", "sum"] = "unit"
-    on_failure: Literal["abstain", "fallback"] = "abstain"
-    fallback: float | None = None
-    empty: Literal["lowest"] | float = "lowest"
-    use_reference: bool = True
+    policy: RewardPolicy = Field(
+        default_factory=RewardPolicy, description="what a judgment, failure, empty is worth"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _policy_keys_are_nested(cls, data: Any) -> Any:
+        # the flat keys of earlier versions would otherwise fail as "extra" with no hint
+        if isinstance(data, Mapping):
+            flat = sorted(set(data) & set(RewardPolicy.model_fields))
+            if flat:
+                raise ValueError(
+                    f"{', '.join(flat)}: reward policy keys are nested under `policy` "
+                    f"(e.g. +reward.reward_kwargs.policy.{flat[0]}=...)"
+                )
+        return data
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any] | None) -> VerlSettings:
         """Validate ``kwargs`` (an OmegaConf DictConfig is fine too), minus verl's own keys."""
-        data = _plain(kwargs) or {}
-        return cls.model_validate({k: _plain(v) for k, v in data.items() if k not in _VERL_KWARGS})
-
-    @property
-    def policy(self) -> RewardPolicy:
-        """The reward policy these settings describe."""
-        return RewardPolicy(
-            scale=self.scale,
-            on_failure=self.on_failure,
-            fallback=self.fallback,
-            empty=self.empty,
-            use_reference=self.use_reference,
-        )
+        data = plain(kwargs) or {}
+        return cls.model_validate({k: plain(v) for k, v in data.items() if k not in _VERL_KWARGS})
 
     def chunk_size(self, expected: int | None) -> int:
         """Largest chunk when ``expected`` responses of a prompt are split into near-equal
@@ -172,64 +184,15 @@ class VerlSettings(BaseModel):
         return max(1, len(balanced_chunks(n, self.group_size)[0]))
 
 
-# --------------------------------------------------------------------------- judge cache
-
-_override: GenerativeRewardFn | None = None
-_judges: dict[str, GenerativeRewardFn] = {}
-_judges_lock = threading.Lock()
-#: per event loop (weakly: a closed loop's id can come back for a new one), then per judge and
-#: chunk size: a batcher binds its futures to one loop
-_batchers: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[tuple[int, int, float], GroupBatcher]
-] = weakref.WeakKeyDictionary()
+# --------------------------------------------------------------------------- the judge
 
 
-def set_reward_fn(rm: GenerativeRewardFn | None) -> None:
-    """Use ``rm`` for every call in this process, whatever the settings say (None: undo).
-
-    For tests and for code that builds its judge itself (e.g. with a custom engine).
-    """
-    global _override
-    _override = rm
-    _batchers.clear()
-
-
-def _judge_key(settings: VerlSettings, router_address: str | None) -> str:
-    return json.dumps(
-        [settings.grm_config, router_address, settings.router_model], sort_keys=True, default=str
-    )
-
-
-def _reward_fn(settings: VerlSettings, router_address: str | None) -> GenerativeRewardFn:
-    """The GenerativeRewardFn for these settings, built once per process (engines are heavy)."""
-    if _override is not None:
-        return _override
-    key = _judge_key(settings, router_address)
-    with _judges_lock:  # concurrent first calls must not load the model twice
-        rm = _judges.get(key)
-        if rm is None:
-            rm = _judges[key] = _build(settings.grm_config, router_address, settings.router_model)
-        return rm
-
-
-async def _areward_fn(settings: VerlSettings, router_address: str | None) -> GenerativeRewardFn:
-    """``_reward_fn`` that builds in a thread: loading a local model takes seconds and must not
-    stall verl's event loop (other samples, decoding)."""
-    if _override is not None:
-        return _override
-    rm = _judges.get(_judge_key(settings, router_address))
-    if rm is not None:
-        return rm
-    return await asyncio.to_thread(_reward_fn, settings, router_address)
-
-
-def _build(
-    source: str | dict | None, router_address: str | None, router_model: str | None
-) -> GenerativeRewardFn:
-    if isinstance(source, dict):
-        config = JudgeConfig.model_validate(source)
-    elif source is not None:
-        config = JudgeConfig.load(source)
+def build_judge(settings: VerlSettings, router_address: str | None) -> GenerativeRewardFn:
+    """The judge these settings describe: ``grm_config`` (``JudgeConfig.coerce``), else
+    ``$GRM_PLUGIN_CONFIG``; with verl's router (``router_address``) as its engine when verl
+    launched the judge. Loads a local model: call once per owner (``VerlJudging`` does)."""
+    if settings.grm_config is not None:
+        config = JudgeConfig.coerce(settings.grm_config)
     elif router_address is not None:
         # verl launched the judge: its router is the engine; sampling from $GRM_PLUGIN_CONFIG
         # when set, else the defaults
@@ -249,30 +212,15 @@ def _build(
     base_url = f"http://{router_address}/v1"
     if isinstance(config.engine, OpenAIEngineConfig):
         engine = config.engine.model_copy(
-            update={"base_url": base_url, "model": router_model or config.engine.model}
+            update={"base_url": base_url, "model": settings.router_model or config.engine.model}
         )
     else:
-        engine = OpenAIEngineConfig(base_url=base_url, model=router_model)
+        engine = OpenAIEngineConfig(base_url=base_url, model=settings.router_model)
     return GenerativeRewardFn.from_config(config.model_copy(update={"engine": engine}))
 
 
-def _batcher(rm: GenerativeRewardFn, settings: VerlSettings, expected: int | None) -> GroupBatcher:
-    """One batcher per event loop, judge and chunk size (a batcher binds to its loop)."""
-    size = settings.chunk_size(expected)
-    window = settings.group_window if size > 1 else 0.0
-    per_loop = _batchers.setdefault(asyncio.get_running_loop(), {})
-    key = (id(rm), size, window)
-    batcher = per_loop.get(key)
-    if batcher is None:
-        batcher = per_loop[key] = GroupBatcher(rm, window=window, max_size=size)
-    return batcher
-
-
-# --------------------------------------------------------------------------- shared judging
-
-
 class _Tally:
-    """Running grm_* counts of this process, logged every ``SUMMARY_EVERY`` samples: verl's
+    """Running grm_* counts of one owner, logged every ``SUMMARY_EVERY`` samples: verl's
     trainer logs reward extra info only for validation, so this is where training sees them."""
 
     def __init__(self) -> None:
@@ -296,10 +244,10 @@ class _Tally:
             self.values = []
 
 
-_tally = _Tally()
+# --------------------------------------------------------------------------- translation
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """OmegaConf containers and numpy arrays to plain Python (verl hands both)."""
     try:
         from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -315,7 +263,7 @@ def _plain(value: Any) -> Any:
 
 def _as_conversation(value: Any) -> str | list[dict[str, str]] | None:
     """A prompt string or chat message list, or None if ``value`` is neither."""
-    value = _plain(value)
+    value = plain(value)
     if isinstance(value, str):
         return value if value.strip() else None
     if isinstance(value, (list, tuple)) and value and all(isinstance(m, Mapping) for m in value):
@@ -333,7 +281,7 @@ def _as_conversation(value: Any) -> str | list[dict[str, str]] | None:
     return None
 
 
-def _find_prompt(
+def find_prompt(
     sources: list[Mapping[str, Any]], prompt_key: str | None
 ) -> str | list[dict[str, str]] | None:
     keys = (prompt_key,) if prompt_key else DEFAULT_PROMPT_KEYS
@@ -344,50 +292,11 @@ def _find_prompt(
     return None
 
 
-async def _judge(
-    prompt: str | list[dict[str, str]] | None,
-    response: str,
-    ground_truth: Any,
-    settings: VerlSettings,
-    router_address: str | None,
-    *,
-    group: Hashable | None = None,
-    expected: int | None = None,
-    spent: float = 0.0,
-) -> dict[str, float]:
-    """Judge one response with the others of its group; returns ``{"score", *EXTRA_KEYS}``.
-
-    ``spent``: seconds of this sample's deadline already used elsewhere (a resend after the
-    group actor died), so that a resent sample keeps one deadline, not a fresh one.
-
-    Raises only when the judge cannot be built (no or a bad config): every sample would fail.
-    """
-    rm = await _areward_fn(settings, router_address)
-    policy = settings.policy
-    reference = policy.reference(_plain(ground_truth))
-    shown = prompt if prompt is not None else PROMPT_PLACEHOLDER
-    # a judge call has one prompt and one reference: the uid alone would judge a second prompt
-    # sharing it (a dataset's repeated uid) against the first one's question and reference
-    key = ("verl", json.dumps([shown, reference], sort_keys=True, default=str))
-    # the group window is spent out of the judge's deadline, not added to it: a configured
-    # batch deadline of 8 s answers within 8 s, as the server does (``total_bound``)
-    bound = total_bound(rm.deadline, default=NO_DEADLINE_S)
-    judged = await _batcher(rm, settings, expected).judge(
-        RewardItem(shown, response, reference, group=key if group is None else (*key, group)),
-        timeout=bound - spent,
-    )
-    # verl needs a number: an abstained sample gets the mean of the others judged with it
-    sample = judged_reward(policy, judged, empty=not response.strip())
-    mine = sample.value
-    mine.no_prompt = prompt is None
-    _tally.add(mine)
-    return {"score": sample.reward, **mine.flags(), GROUP_SIZE_KEY: float(sample.group_size)}
-
-
 @dataclass(frozen=True)
 class JudgeRequest:
-    """One sample's ``_judge`` call as data: what a reward worker sends to the job's group
-    actor (``grm_plugin.adapters.verl_group_actor``) when verl runs several workers."""
+    """One sample's judging call as data: what a reward worker judges itself or sends to the
+    job's group actor (``grm_plugin.adapters.verl_group_actor``) when verl runs several
+    workers."""
 
     prompt: str | list[dict[str, str]] | None
     response: str
@@ -400,31 +309,158 @@ class JudgeRequest:
     spent: float = 0.0
 
 
-async def judge_request(request: JudgeRequest) -> dict[str, float]:
-    """``_judge`` for a ``JudgeRequest``: the in-process path, run where the request lands.
+class VerlJudging:
+    """The judging state of one owner (a manager instance, the job's Ray actor, the function
+    path): judges built once per configuration (engines are heavy), one ``GroupBatcher`` per
+    event loop, judge and chunk size (a batcher binds its futures to one loop), the tally.
+
+    ``judge``: use this judge whatever the settings say (tests, a judge built in code).
 
     Example:
+        >>> import asyncio
         >>> from grm_plugin import GenerativeRewardFn
         >>> from grm_plugin.testing import RuleJudgeEngine
-        >>> set_reward_fn(GenerativeRewardFn(RuleJudgeEngine()))
+        >>> judging = VerlJudging(GenerativeRewardFn(RuleJudgeEngine()))
         >>> request = JudgeRequest("Say hi", "hi", None, VerlSettings(group_window=0), None)
-        >>> asyncio.run(judge_request(request))["grm_raw"]  # RuleJudgeEngine: 1 + len("hi")
+        >>> asyncio.run(judging.judge(request))["grm_raw"]  # RuleJudgeEngine: 1 + len("hi")
         3.0
-        >>> set_reward_fn(None)
     """
-    return await _judge(
-        request.prompt,
-        request.response,
-        request.ground_truth,
-        request.settings,
-        request.router_address,
-        group=request.group,
-        expected=request.expected,
-        spent=request.spent,
-    )
+
+    def __init__(self, judge: GenerativeRewardFn | None = None) -> None:
+        self._judges_lock = threading.Lock()
+        self.reset(judge)
+
+    def reset(self, judge: GenerativeRewardFn | None = None) -> None:
+        """Forget the built judges and batchers; judge with ``judge`` from now on (None: build
+        from the settings)."""
+        self._fixed = judge
+        self._judges: dict[str, Future[GenerativeRewardFn]] = {}
+        self._batchers: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[tuple[int, int, float], GroupBatcher]
+        ] = weakref.WeakKeyDictionary()
+        self._tally = _Tally()
+
+    @staticmethod
+    def _judge_key(settings: VerlSettings, router_address: str | None) -> str:
+        return json.dumps(
+            [settings.grm_config, router_address, settings.router_model],
+            sort_keys=True,
+            default=str,
+        )
+
+    def _build_slot(
+        self, settings: VerlSettings, router_address: str | None
+    ) -> tuple[str, Future[GenerativeRewardFn], bool]:
+        """The key and future of this configuration's judge, and whether the caller builds it
+        (the first to ask: concurrent first calls must not load the model twice)."""
+        key = self._judge_key(settings, router_address)
+        with self._judges_lock:
+            future = self._judges.get(key)
+            if future is not None:
+                return key, future, False
+            future = self._judges[key] = Future()
+            return key, future, True
+
+    def _build_into(
+        self,
+        key: str,
+        future: Future[GenerativeRewardFn],
+        settings: VerlSettings,
+        router_address: str | None,
+    ) -> None:
+        try:
+            future.set_result(build_judge(settings, router_address))
+        except BaseException as e:
+            with self._judges_lock:  # not kept: the next sample tries again
+                self._judges.pop(key, None)
+            future.set_exception(e)
+
+    def reward_fn(self, settings: VerlSettings, router_address: str | None) -> GenerativeRewardFn:
+        """The judge for these settings, built on first use."""
+        if self._fixed is not None:
+            return self._fixed
+        key, future, mine = self._build_slot(settings, router_address)
+        if mine:
+            self._build_into(key, future, settings, router_address)
+        return future.result()
+
+    async def areward_fn(
+        self, settings: VerlSettings, router_address: str | None
+    ) -> GenerativeRewardFn:
+        """``reward_fn`` that builds in a thread: loading a local model takes seconds and must
+        not stall verl's event loop (other samples, decoding). Every caller awaits, even once
+        the judge is built: a sample that came later must not overtake those still waking up
+        from the build, so the batcher sees the samples in the order they came."""
+        if self._fixed is not None:
+            return self._fixed
+        key, future, mine = self._build_slot(settings, router_address)
+        waiter = asyncio.wrap_future(future)
+        if mine:
+            loop = asyncio.get_running_loop()
+            loop.run_in_executor(None, self._build_into, key, future, settings, router_address)
+        return await waiter
+
+    def _batcher(
+        self, rm: GenerativeRewardFn, settings: VerlSettings, expected: int | None
+    ) -> GroupBatcher:
+        size = settings.chunk_size(expected)
+        window = settings.group_window if size > 1 else 0.0
+        per_loop = self._batchers.setdefault(asyncio.get_running_loop(), {})
+        key = (id(rm), size, window)
+        batcher = per_loop.get(key)
+        if batcher is None:
+            batcher = per_loop[key] = GroupBatcher(rm, window=window, max_size=size)
+        return batcher
+
+    async def judge(self, request: JudgeRequest) -> dict[str, float]:
+        """Judge one response with the others of its group; returns ``{"score", *EXTRA_KEYS}``.
+
+        Raises only when the judge cannot be built (no or a bad config): every sample would
+        fail.
+        """
+        rm = await self.areward_fn(request.settings, request.router_address)
+        policy = request.settings.policy
+        reference = policy.reference(plain(request.ground_truth))
+        shown = request.prompt if request.prompt is not None else PROMPT_PLACEHOLDER
+        # a judge call has one prompt and one reference: the uid alone would judge a second
+        # prompt sharing it (a dataset's repeated uid) against the first one's question
+        key = ("verl", json.dumps([shown, reference], sort_keys=True, default=str))
+        group = key if request.group is None else (*key, request.group)
+        # the group window is spent out of the judge's deadline, not added to it: a configured
+        # batch deadline of 8 s answers within 8 s, as the server does (``total_bound``)
+        bound = total_bound(rm.deadline, default=NO_DEADLINE_S)
+        judged = await self._batcher(rm, request.settings, request.expected).judge(
+            RewardItem(shown, request.response, reference, group=group),
+            timeout=bound - request.spent,
+        )
+        # verl needs a number: an abstained sample gets the mean of the others judged with it
+        sample = judged_reward(policy, judged, empty=not request.response.strip())
+        mine = sample.value
+        mine.no_prompt = request.prompt is None
+        self._tally.add(mine)
+        return {"score": sample.reward, **mine.flags(), GROUP_SIZE_KEY: float(sample.group_size)}
+
+    def stats(self) -> dict[str, int]:
+        """Items and judge calls of this owner's batchers (for tests and logs)."""
+        batchers = [b for per_loop in self._batchers.values() for b in per_loop.values()]
+        return {
+            "items": sum(b.stats.items for b in batchers),
+            "judgments": sum(b.stats.judgments for b in batchers),
+        }
 
 
 # --------------------------------------------------------------------------- reward function
+
+#: the function path's judging state: verl calls ``compute_score`` as a plain function, with
+#: no instance to hold it, so it is the process's (the only module-level mutable object)
+FUNCTION_JUDGING: Final = VerlJudging()
+
+
+def set_reward_fn(rm: GenerativeRewardFn | None) -> None:
+    """Judge every ``compute_score`` call of this process with ``rm``, whatever the settings
+    say (None: build from the settings again). For code that builds its judge itself (e.g.
+    with a custom engine); the manager builds its own from its settings."""
+    FUNCTION_JUDGING.reset(rm)  # batchers bound to the old judge go with it
 
 
 async def compute_score(
@@ -449,150 +485,9 @@ async def compute_score(
         True
     """
     settings = VerlSettings.from_kwargs(kwargs)
-    info = _plain(extra_info)
-    prompt = _find_prompt([info] if isinstance(info, Mapping) else [], settings.prompt_key)
-    return await _judge(
-        prompt,
-        solution_str if isinstance(solution_str, str) else str(solution_str),
-        ground_truth,
-        settings,
-        kwargs.get("reward_router_address"),
-    )
-
-
-# --------------------------------------------------------------------------- reward manager
-
-_manager_cls: type | None = None
-_manager_lock = threading.Lock()
-
-
-def get_manager_cls() -> type:
-    """Build ``GRMRewardManager`` (needs verl) and register it as ``grm``; idempotent.
-
-    Built on first use, not at import, so that ``compute_score`` imports without verl (and
-    verl's registry refuses a second, different class under the same name).
-    """
-    global _manager_cls
-    with _manager_lock:
-        if _manager_cls is None:
-            _manager_cls = _make_manager_cls()
-        return _manager_cls
-
-
-def _make_manager_cls() -> type:
-    from verl.experimental.reward_loop.reward_manager import register
-    from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
-
-    class GRMRewardManager(RewardManagerBase):
-        """verl reward manager: the responses of one prompt (same ``uid``) judged together.
-
-        Settings come from ``config.reward.reward_kwargs`` (see ``VerlSettings``); the group's
-        expected size is ``actor_rollout_ref.rollout.n`` unless ``rollout_n`` is set. The
-        prompt is the sample's ``raw_prompt`` messages, else its decoded prompt tokens.
-
-        Example (verl config)::
-
-            reward.reward_manager.name=grm +reward.reward_kwargs.grm_config=judge.yaml
-        """
-
-        def __init__(
-            self,
-            config: Any,
-            tokenizer: Any,
-            compute_score: Any = None,
-            reward_router_address: str | None = None,
-            reward_model_tokenizer: Any = None,
-            **kwargs: Any,
-        ) -> None:
-            super().__init__(config, tokenizer, compute_score)
-            reward_cfg = config.get("reward") or {}
-            self.settings = VerlSettings.from_kwargs(reward_cfg.get("reward_kwargs"))
-            rollout = (config.get("actor_rollout_ref") or {}).get("rollout") or {}
-            self.expected = self.settings.rollout_n or _plain(rollout.get("n"))
-            self.reward_router_address = reward_router_address
-            self.reward_model_tokenizer = reward_model_tokenizer
-            workers = _plain(reward_cfg.get("num_workers"))
-            from grm_plugin.adapters.verl_group_actor import group_router
-
-            # several workers: a uid's samples meet in the job's group actor (one process)
-            self._router = group_router(
-                self.settings, reward_router_address, workers, self.expected
-            )
-            if (
-                self._router is None
-                and isinstance(workers, int)
-                and workers > 1
-                and self.settings.chunk_size(self.expected) > 1
-            ):
-                log.warning(
-                    "grm reward manager: reward.num_workers=%d without a group actor (Ray not "
-                    "initialised, or group_actor=false): verl sends each sample to one worker, "
-                    "so a prompt's responses are judged together only when they reach the same "
-                    "worker. Set reward.num_workers=1 (judging is I/O-bound: one async worker "
-                    "suffices).",
-                    workers,
-                )
-            self._warned_no_reference = False
-
-        def _decode(self, ids: Any) -> str:
-            return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-        async def run_single(self, data: DataProto) -> dict[str, Any]:
-            item = data[-1:][0]  # as verl's managers: for multi-sequence outputs, the last one
-            response_ids = item.batch["responses"]
-            response_length = response_ids.shape[-1]
-            attention_mask = item.batch["attention_mask"]
-            valid_response_ids = response_ids[: int(attention_mask[-response_length:].sum())]
-            # decoding can take a while on long texts: keep the event loop free
-            response = await self.loop.run_in_executor(None, self._decode, valid_response_ids)
-
-            non_tensor = item.non_tensor_batch
-            extra_info = _plain(non_tensor.get("extra_info")) or {}
-            sources = [non_tensor, extra_info if isinstance(extra_info, Mapping) else {}]
-            prompt = _find_prompt(sources, self.settings.prompt_key)
-            if prompt is None and "prompts" in item.batch.keys():
-                prompt_ids = item.batch["prompts"]  # left-padded
-                n_prompt = int(attention_mask[: prompt_ids.shape[-1]].sum())
-                if n_prompt > 0:
-                    text = await self.loop.run_in_executor(
-                        None, self._decode, prompt_ids[prompt_ids.shape[-1] - n_prompt :]
-                    )
-                    prompt = text if text.strip() else None
-            reward_model = _plain(non_tensor.get("reward_model"))
-            if reward_model is None and not self._warned_no_reference:
-                self._warned_no_reference = True
-                log.warning(
-                    "grm reward manager: the sample has no reward_model/ground_truth: verl's "
-                    "colocated reward path (reward_model.enable=True without "
-                    "enable_resource_pool=True) passes only prompts and responses, so the judge "
-                    "gets no reference answer"
-                )
-            ground_truth = (reward_model or {}).get("ground_truth")
-            uid = _plain(non_tensor.get("uid"))
-            request = JudgeRequest(
-                prompt,
-                response,
-                ground_truth,
-                self.settings,
-                self.reward_router_address,
-                group=None if uid is None else str(uid),
-                expected=self.expected,
-            )
-            if self._router is not None:
-                out = await self._router.judge(request)
-            else:
-                out = await judge_request(request)
-            return {"reward_score": out["score"], "reward_extra_info": out}
-
-    # picklable by name (resolved through __getattr__ below)
-    GRMRewardManager.__module__ = __name__
-    GRMRewardManager.__qualname__ = "GRMRewardManager"
-    return register(MANAGER_NAME)(GRMRewardManager)
-
-
-def __getattr__(name: str) -> Any:
-    # ``GRMRewardManager`` exists only once verl is importable; the ``verl.plugins`` entry point
-    # names it, so ``import verl`` triggers this and registers the manager.
-    if name == "GRMRewardManager":
-        return get_manager_cls()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    info = plain(extra_info)
+    prompt = find_prompt([info] if isinstance(info, Mapping) else [], settings.prompt_key)
+    response = solution_str if isinstance(solution_str, str) else str(solution_str)
+    router_address = kwargs.get("reward_router_address")
+    request = JudgeRequest(prompt, response, ground_truth, settings, router_address)
+    return await FUNCTION_JUDGING.judge(request)

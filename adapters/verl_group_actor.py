@@ -5,8 +5,9 @@ rewards stream from the rollout, sends each sample to the next worker), so one u
 reach two worker processes and each would judge its part alone. With ``num_workers > 1`` under
 Ray the ``grm`` manager therefore sends each sample (a ``JudgeRequest``) to one named Ray actor
 per job and judging configuration, ``GroupJudgeActor``: it runs the adapter's in-process path
-(``judge_request``: group window, chunks of ``group_size``, the judge client, the Deadline) for
-every worker, so a uid is judged as in one process.
+(``VerlJudging``: group window, chunks of ``group_size``, the judge client, the Deadline) for
+every worker, so a uid is judged as in one process. The actor instance owns that judging state;
+this module holds none.
 
 - The first worker to ask creates the actor (``get_if_exists=True``: one actor whatever the
   race); it needs no CPU reservation (it waits on the judge) and is owned by that worker.
@@ -30,7 +31,7 @@ import logging
 import time
 from typing import Any
 
-from grm_plugin.adapters.verl import JudgeRequest, VerlSettings, judge_request
+from grm_plugin.adapters.verl import JudgeRequest, VerlJudging, VerlSettings
 
 __all__ = ["MAX_SENDS", "NAMESPACE", "GroupJudgeActor", "GroupRouter", "actor_name", "group_router"]
 
@@ -52,27 +53,26 @@ def actor_name(job_id: str, judge_digest: str) -> str:
 
 class GroupJudgeActor:
     """Ray actor (async: all calls share one event loop, so one ``GroupBatcher``) that judges
-    every reward worker's samples with the adapter's in-process path."""
+    every reward worker's samples with the adapter's in-process path, in its own state."""
+
+    def __init__(self) -> None:
+        self.judging = VerlJudging()
 
     async def judge(self, request: JudgeRequest) -> dict[str, float]:
-        return await judge_request(request)
+        return await self.judging.judge(request)
 
     async def stats(self) -> dict[str, int]:
         """Judge calls and items of this actor's batchers (for tests and logs)."""
-        from grm_plugin.adapters import verl as adapter
-
-        batchers = [b for per_loop in adapter._batchers.values() for b in per_loop.values()]
-        return {
-            "items": sum(b.stats.items for b in batchers),
-            "judgments": sum(b.stats.judgments for b in batchers),
-        }
+        return self.judging.stats()
 
 
 class GroupRouter:
-    """A reward worker's side: sends samples to the job's ``GroupJudgeActor``."""
+    """A reward worker's side: sends samples to the job's ``GroupJudgeActor``; ``fallback``
+    (the worker's own judging state) judges a sample the actor could not take."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, fallback: VerlJudging) -> None:
         self.name = name
+        self.fallback = fallback
         self._handle: Any = None
         self._lock: asyncio.Lock | None = None
 
@@ -128,11 +128,15 @@ class GroupRouter:
             error,
         )
         spent = request.spent + time.monotonic() - start
-        return await judge_request(dataclasses.replace(request, spent=spent))
+        return await self.fallback.judge(dataclasses.replace(request, spent=spent))
 
 
 def group_router(
-    settings: VerlSettings, router_address: str | None, num_workers: Any, expected: int | None
+    settings: VerlSettings,
+    router_address: str | None,
+    num_workers: Any,
+    expected: int | None,
+    fallback: VerlJudging,
 ) -> GroupRouter | None:
     """The router when a uid's samples may reach several workers and must meet: the manager
     runs in one of ``num_workers`` > 1 reward workers under Ray, groups hold more than one
@@ -147,8 +151,8 @@ def group_router(
         return None
     if not ray.is_initialized():
         return None
-    key = json.dumps(
-        [settings.model_dump(mode="json"), router_address, expected], sort_keys=True, default=str
-    )
+    # the same name in every worker: settings from verl's config are plain data (a policy
+    # ``scale`` given as a function cannot come through Hydra)
+    key = json.dumps([settings.model_dump(), router_address, expected], sort_keys=True, default=str)
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    return GroupRouter(actor_name(ray.get_runtime_context().get_job_id(), digest))
+    return GroupRouter(actor_name(ray.get_runtime_context().get_job_id(), digest), fallback)

@@ -52,7 +52,7 @@ python -m verl.trainer.main_ppo \
   reward.num_workers=1 \
   +reward.reward_kwargs.grm_config="$GRM_PLUGIN_CONFIG" \
   +reward.reward_kwargs.group_size="$N" \
-  +reward.reward_kwargs.scale=unit \
+  +reward.reward_kwargs.policy.scale=unit \
   "${judge_args[@]}" \
   trainer.n_gpus_per_node=1 trainer.nnodes=1 trainer.total_epochs=1 \
   "$@"

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_doctest_modules_over_adapters_dir_collects_and_passes() -> None:
+    # the verl manager subclasses verl's RewardManagerBase: importing it needs verl
+    needs_verl = [] if find_spec("verl") else ["--ignore=adapters/verl_manager.py"]
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "--doctest-modules", "adapters/", "-q"]
-        + ["-p", "no:cacheprovider"],
+        + ["-p", "no:cacheprovider", *needs_verl],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -41,7 +41,7 @@ def via_trl(engine: JudgeEngine, policy: dict, responses: list[str]) -> list[Any
 
 def via_verl(engine: JudgeEngine, policy: dict, responses: list[str]) -> list[dict[str, float]]:
     verl.set_reward_fn(judge(engine))
-    settings = {**policy, "group_window": 30.0, "rollout_n": len(responses)}
+    settings = {"policy": policy, "group_window": 30.0, "rollout_n": len(responses)}
 
     async def group() -> list[dict[str, float]]:
         calls = [
@@ -137,19 +137,18 @@ def test_verl_keeps_prompts_sharing_a_uid_apart() -> None:
     # issue 21 item 7: grouped by uid alone, the second prompt was judged against the first
     # one's question and reference
     engine = RuleJudgeEngine()
-    verl.set_reward_fn(GenerativeRewardFn(engine))
+    judging = verl.VerlJudging(GenerativeRewardFn(engine))
     settings = verl.VerlSettings(group_window=0.5, rollout_n=2)
 
     async def two_prompts_one_uid() -> list[dict[str, float]]:
         return await asyncio.gather(
-            verl._judge("Capital of France?", "Paris", "Paris", settings, None, group="u1"),
-            verl._judge("Capital of Peru?", "Lima", "Lima", settings, None, group="u1"),
+            *(
+                judging.judge(verl.JudgeRequest(q, a, a, settings, None, group="u1"))
+                for q, a in (("Capital of France?", "Paris"), ("Capital of Peru?", "Lima"))
+            )
         )
 
-    try:
-        outs = asyncio.run(asyncio.wait_for(two_prompts_one_uid(), 60))
-    finally:
-        verl.set_reward_fn(None)
+    outs = asyncio.run(asyncio.wait_for(two_prompts_one_uid(), 60))
     assert [o["grm_group_size"] for o in outs] == [1.0, 1.0]
     seen = {json.dumps(shown_responses(r)): r.messages[-1]["content"] for r in engine.requests}
     assert len(seen) == 2
