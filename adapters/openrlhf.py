@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
 
 from grm_plugin.config import CONFIG_ENV, JudgeConfig
-from grm_plugin.deadline import total_bound
+from grm_plugin.deadline import Expiry, total_bound
 from grm_plugin.engines import JudgeEngine
 from grm_plugin.group_rewards import group_rewards, judged_reward
 from grm_plugin.grouping import GroupBatcher, Judged, RewardItem
@@ -481,8 +481,9 @@ class OpenRLHFReward:
 
         request = OpenRLHFRequest(query=list(queries), prompts=prompts, labels=labels)
         items, state = self.protocol._items(request)
-        timeout = self.deadline if deadline is None else deadline
-        judged = await asyncio.gather(*(self.batcher.judge(it, timeout=timeout) for it in items))
+        # one clock for the call, its group window included (as the server's per request)
+        expiry = Expiry.after(self.deadline if deadline is None else deadline)
+        judged = await asyncio.gather(*(self.batcher.judge(it, expiry=expiry) for it in items))
         return self.protocol.encode(state, judged)
 
 

@@ -72,7 +72,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from grm_plugin.cache import with_training_cache
 from grm_plugin.config import JudgeConfig, OpenAIEngineConfig, judge_config_from_env
-from grm_plugin.deadline import total_bound
+from grm_plugin.deadline import Expiry, total_bound
 from grm_plugin.group_rewards import balanced_chunks, judged_reward
 from grm_plugin.grouping import GroupBatcher, RewardItem
 from grm_plugin.policy import REWARD_KEYS, RewardPolicy, RewardValue, summarize
@@ -428,10 +428,12 @@ class VerlJudging:
         group = key if request.group is None else (*key, request.group)
         # the group window is spent out of the judge's deadline, not added to it: a configured
         # batch deadline of 8 s answers within 8 s, as the server does (``total_bound``)
+        # (seconds spent travel with a resent request, not an Expiry: another process's
+        # monotonic clock is not this one's)
         bound = total_bound(rm.deadline, default=NO_DEADLINE_S)
         judged = await self._batcher(rm, request.settings, request.expected).judge(
             RewardItem(shown, request.response, reference, group=group),
-            timeout=bound - request.spent,
+            expiry=Expiry.after(bound - request.spent),
         )
         # verl needs a number: an abstained sample gets the mean of the others judged with it
         sample = judged_reward(policy, judged, empty=not request.response.strip())

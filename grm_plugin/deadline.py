@@ -90,6 +90,17 @@ class Expiry:
             return self
         return self if self.at <= other.at else other
 
+    def later(self, other: Expiry) -> Expiry:
+        """Whichever of the two comes last (never if either never comes): the bound of work
+        shared by several waiters, each of whom still stops at its own expiry.
+
+        >>> Expiry(5.0).later(Expiry(9.0)).at, Expiry(5.0).later(NEVER).at
+        (9.0, None)
+        """
+        if self.at is None or other.at is None:
+            return NEVER
+        return self if self.at >= other.at else other
+
 
 #: the expiry that never comes
 NEVER = Expiry()

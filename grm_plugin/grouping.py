@@ -10,9 +10,10 @@ them in one call:
   ``window`` seconds after it opened, whichever comes first;
 - a group that closes with one item is judged pointwise, as without the batcher;
 - identical responses in a group are shown to the judge once and share the score;
-- every item gets an answer by its own deadline: a group judgment still running then answers
-  that item with a timeout failure; the judgment itself runs until the latest deadline of its
-  members, so a member with little time left does not cost the others their judgment.
+- every item gets an answer by its own ``Expiry``: a group judgment still running then answers
+  that item with a timeout failure; the judgment itself runs until the latest expiry of its
+  members (handed to ``rm.ascore(expiry=...)``, so the judge's engine requests stop there too),
+  and a member with little time left does not cost the others their judgment.
 
 A group is split when its items do not reach the same batcher within one window (different
 processes or servers, or generation times further apart than the window): the parts are judged
@@ -22,12 +23,14 @@ same rubric, but not a side-by-side comparison).
 Example:
     >>> import asyncio
     >>> from grm_plugin import GenerativeRewardFn
+    >>> from grm_plugin.deadline import Expiry
     >>> from grm_plugin.testing import RuleJudgeEngine, shown_responses
     >>> engine = RuleJudgeEngine()
     >>> batcher = GroupBatcher(GenerativeRewardFn(engine), window=0.5, max_size=3)
     >>> async def three_samples():
     ...     items = [RewardItem("Say hi", r, group="p1") for r in ("hi", "hey", "hi")]
-    ...     return await asyncio.gather(*(batcher.judge(it, timeout=10) for it in items))
+    ...     expiry = Expiry.after(10)  # one clock for the three: 10 s from now
+    ...     return await asyncio.gather(*(batcher.judge(it, expiry=expiry) for it in items))
     >>> [j.score for j in asyncio.run(three_samples())]
     [3.0, 4.0, 3.0]
     >>> [sorted(shown_responses(r)) for r in engine.requests]  # one judgment, "hi" shown once
@@ -38,11 +41,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+from .deadline import Expiry
 from .prompt import Conversation
 from .results import FailureKind, JudgmentResult
 from .reward import GenerativeRewardFn, failure_of, validate_item
@@ -149,7 +152,7 @@ class _Group:
     prompt: Conversation
     reference: str | None
     items: list[RewardItem] = field(default_factory=list)
-    deadlines: list[float] = field(default_factory=list)
+    expiries: list[Expiry] = field(default_factory=list)
     done: asyncio.Future[JudgmentResult] | None = None
     responses: list[str] = field(default_factory=list)
     members: list[int] = field(default_factory=list)
@@ -186,27 +189,27 @@ class GroupBatcher:
         self._slots: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def judge(self, item: RewardItem, *, timeout: float) -> Judged:
-        """Judge ``item`` (with the others of its group); answers within ``timeout`` seconds."""
-        deadline = time.monotonic() + max(timeout, 0.0)
+    async def judge(self, item: RewardItem, *, expiry: Expiry) -> Judged:
+        """Judge ``item`` (with the others of its group); answers by ``expiry`` (the caller's
+        one clock: its window wait, slot wait and judgment all count within it)."""
         self.stats.items += 1
-        group = self._join(item, deadline)
+        group = self._join(item, expiry)
         position = len(group.items) - 1
+        left = expiry.remaining()
+        bound = None if left is None else max(left, 0.0)
         try:
             assert group.done is not None
             # shield: this item giving up must not cancel the judgment of the others
-            result = await asyncio.wait_for(
-                asyncio.shield(group.done), max(deadline - time.monotonic(), 0.0)
-            )
+            result = await asyncio.wait_for(asyncio.shield(group.done), bound)
         except asyncio.TimeoutError:
-            result = _failed(FailureKind.TIMEOUT, f"no judgment within {timeout:.1f}s")
+            result = _failed(FailureKind.TIMEOUT, f"no judgment within {bound or 0.0:.1f}s")
         if not result.votes:  # the batcher's own failures: the voting-sum scale needs the judge's k
             result = result.model_copy(update={"votes": getattr(self.rm, "votes", 0)})
         return Judged(result, group.members[position], tuple(group.members), position)
 
     # ------------------------------------------------------------------------------ internals
 
-    def _join(self, item: RewardItem, deadline: float) -> _Group:
+    def _join(self, item: RewardItem, expiry: Expiry) -> _Group:
         grouping = item.group is not None and self.window > 0 and self.max_size > 1
         group = self._open.get(item.group) if grouping else None
         if group is None:
@@ -216,7 +219,7 @@ class GroupBatcher:
                 self._open[item.group] = group
                 group.timer = loop.call_later(self.window, self._close, group)
         group.items.append(item)
-        group.deadlines.append(deadline)
+        group.expiries.append(expiry)
         if item.response in group.responses:
             group.members.append(group.responses.index(item.response))
         else:
@@ -239,10 +242,13 @@ class GroupBatcher:
     async def _run(self, group: _Group) -> None:
         n = len(group.items)
         self.stats.groups_by_size[n] = self.stats.groups_by_size.get(n, 0) + 1
-        # the latest deadline, not the earliest: each item is answered by its own deadline
-        # anyway (``judge``), so a member with little time left (a late joiner, a client whose
-        # body took long) times out alone while the others of its prompt still get the judgment
-        budget = max(group.deadlines) - time.monotonic()
+        # the latest expiry, not the earliest: each item is answered by its own expiry anyway
+        # (``judge``), so a member with little time left (a late joiner, a client whose body
+        # took long) times out alone while the others of its prompt still get the judgment
+        expiry = group.expiries[0]
+        for other in group.expiries[1:]:
+            expiry = expiry.later(other)
+        budget = expiry.remaining()
         try:
             validate_item(group.prompt, group.responses, group.reference)
         except (TypeError, ValueError) as e:
@@ -251,7 +257,11 @@ class GroupBatcher:
             group.done.set_result(result)
             return
         try:
-            result = await asyncio.wait_for(self._judge_group(group), max(budget, 0.0))
+            # the judge stops its engine requests at ``expiry`` itself; this bounds the wait
+            # for a judging slot too
+            result = await asyncio.wait_for(
+                self._judge_group(group, expiry), None if budget is None else max(budget, 0.0)
+            )
         except asyncio.TimeoutError:
             result = _failed(FailureKind.TIMEOUT, "the group's deadline passed while judging")
         except Exception as e:  # noqa: BLE001 - a judge problem is a failed judgment, not a crash
@@ -263,13 +273,15 @@ class GroupBatcher:
         if not group.done.done():
             group.done.set_result(result)
 
-    async def _judge_group(self, group: _Group) -> JudgmentResult:
+    async def _judge_group(self, group: _Group, expiry: Expiry) -> JudgmentResult:
         if self._slots is None:  # made inside the running loop, which it binds to
             self._slots = asyncio.Semaphore(self.max_concurrent)
         async with self._slots:
             self.stats.judgments += 1
             self.stats.responses_judged += len(group.responses)
-            return await self.rm.ascore(group.prompt, group.responses, group.reference)
+            return await self.rm.ascore(
+                group.prompt, group.responses, group.reference, expiry=expiry
+            )
 
     async def aclose(self) -> None:
         """Wait for the judgments that are still running (e.g. on shutdown)."""

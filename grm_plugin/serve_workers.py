@@ -49,6 +49,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from .deadline import Expiry, total_bound
 from .results import FailureKind
 from .server import (
     DEADLINE_HEADER,
@@ -321,14 +322,14 @@ class _Sent:
 
 
 async def _send(
-    worker: Worker, path: str, content: bytes, headers: dict[str, str], expiry: float
+    worker: Worker, path: str, content: bytes, headers: dict[str, str], expiry: Expiry
 ) -> _Sent:
     """Post ``content`` to ``worker``, again (to its restarted self) while it is dead, until
-    ``expiry`` (monotonic)."""
+    ``expiry`` (the request's one clock; its time left is forwarded in ``DEADLINE_HEADER``)."""
     assert worker.client is not None
     error = "no worker answer"
     while True:
-        left = expiry - time.monotonic()
+        left = _left(expiry)
         if left <= 0:
             return _Sent(error=f"deadline passed: {error}", kind=FailureKind.TIMEOUT)
         try:
@@ -338,7 +339,7 @@ async def _send(
                 error=f"worker {worker.index} not back within the deadline: {error}",
                 kind=FailureKind.TIMEOUT,
             )
-        left = expiry - time.monotonic()
+        left = _left(expiry)
         sent = {**headers, DEADLINE_HEADER: f"{max(left, 0.001):.3f}"}
         try:
             r = await worker.client.post(
@@ -362,6 +363,12 @@ async def _send(
         return _Sent(r.status_code, r.content)
 
 
+def _left(expiry: Expiry) -> float:
+    left = expiry.remaining()
+    assert left is not None, "the front's requests always have a deadline (total_bound)"
+    return left
+
+
 def _failure(protocol: RewardProtocol, part: Any, sent: _Sent) -> dict[str, Any]:
     """The protocol's failure answer (the policy's fill, flagged) for a part no worker judged."""
     _, state = protocol.decode(part)
@@ -373,7 +380,8 @@ def create_front_app(
 ) -> FastAPI:
     """The front: routes each query by group key to a worker of ``pool``, joins the answers."""
     settings = settings or ServerSettings()
-    deadline = settings.deadline or protocol.default_deadline
+    # the same bound as one server's (``create_app``), so a front adds no time of its own
+    deadline = total_bound(settings.deadline, default=protocol.default_deadline)
     workers = pool.workers
     n = len(workers)
 
@@ -419,7 +427,7 @@ def create_front_app(
         body = await admitted_body(request, settings, deadline)
         if isinstance(body, Response):
             return body
-        expiry = time.monotonic() + deadline
+        expiry = Expiry.after(deadline)
         path = request.url.path
         if request.url.query:
             path += "?" + request.url.query

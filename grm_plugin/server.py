@@ -35,7 +35,6 @@ import logging
 import math
 import re
 import secrets
-import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -48,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from starlette.requests import ClientDisconnect
 
 from .config import JudgeConfig, load_mapping
-from .deadline import total_bound
+from .deadline import NEVER, Expiry, total_bound
 from .grouping import GroupBatcher, Judged, RewardItem
 from .results import FailureKind
 from .reward import GenerativeRewardFn
@@ -475,8 +474,9 @@ def create_app(
             return body
         # the deadline runs from the complete body, not from the headers: the client's own
         # timeout (OpenRLHF's read timeout) starts once it has sent the body, and a client
-        # uploading slowly must not bring forward the deadline of the group it joins
-        started = time.monotonic()
+        # uploading slowly must not bring forward the deadline of the group it joins. One
+        # clock for the request: decoding, the group window, the slot and the judgment.
+        expiry = Expiry.after(deadline).sooner(_forwarded_expiry(request))
         try:
             # decoding and the protocol's text work may take a while on megabytes: a thread,
             # so other requests are answered meanwhile
@@ -491,10 +491,7 @@ def create_app(
 
         state["in_flight"] += 1
         try:
-            remaining = _bound(request, deadline) - (time.monotonic() - started)
-            judged = await asyncio.gather(
-                *(batcher.judge(item, timeout=remaining) for item in items)
-            )
+            judged = await asyncio.gather(*(batcher.judge(item, expiry=expiry) for item in items))
             return JSONResponse(protocol.encode(req_state, judged))
         except Exception as e:  # noqa: BLE001 - whatever went wrong, the client gets an answer
             log.exception("reward request failed: failure answer for %d items", len(items))
@@ -509,13 +506,15 @@ def create_app(
     return app
 
 
-def _bound(request: Request, deadline: float) -> float:
-    """``deadline``, or the sooner one a forwarding front gave in ``DEADLINE_HEADER``."""
+def _forwarded_expiry(request: Request) -> Expiry:
+    """The expiry a forwarding front gave in ``DEADLINE_HEADER`` (seconds left, counted from
+    now), ``NEVER`` without one; a value that is no positive finite number is ignored, so the
+    header can only shorten the server's own deadline, never lengthen or zero it."""
     try:
         given = float(request.headers.get(DEADLINE_HEADER, "inf"))
     except ValueError:
-        return deadline
-    return min(deadline, given) if given > 0 else deadline
+        return NEVER
+    return Expiry.after(given) if 0 < given < math.inf else NEVER
 
 
 def _prepare(protocol: RewardProtocol, body: bytes, max_items: int) -> tuple[list[RewardItem], Any]:

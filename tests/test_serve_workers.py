@@ -24,6 +24,7 @@ import pytest
 
 from grm_plugin import GenerativeRewardFn
 from grm_plugin.adapters.openrlhf import OpenRLHFProtocol
+from grm_plugin.deadline import Expiry
 from grm_plugin.engines.base import GenerationRequest, JudgeEngine
 from grm_plugin.results import FailureKind
 from grm_plugin.serve_workers import Worker, _send, _Sent, group_key, worker_of
@@ -278,7 +279,7 @@ def test_a_query_is_resent_while_its_worker_is_unreachable_and_a_5xx_is_not_retr
         return httpx.Response(500, text="bug")
 
     async def both() -> tuple[_Sent, _Sent]:
-        expiry = time.monotonic() + 30
+        expiry = Expiry.after(30)
         first = await _send(_worker(flaky), "/get_reward", b"{}", {}, expiry)
         second = await _send(_worker(broken), "/get_reward", b"{}", {}, expiry)
         return first, second

@@ -32,6 +32,7 @@ from grm_plugin.adapters.openrlhf import (
 )
 from grm_plugin.cli.main import build_parser
 from grm_plugin.cli.serve import build_settings, protocol_overrides
+from grm_plugin.deadline import Expiry
 from grm_plugin.engines import GenerationRequest, JudgeEngine
 from grm_plugin.grouping import GroupBatcher, Judged, RewardItem
 from grm_plugin.policy import RewardPolicy
@@ -291,7 +292,7 @@ def test_batcher_answers_each_item_by_its_own_deadline():
         engine.release = asyncio.Event()
         batcher = GroupBatcher(GenerativeRewardFn(engine), window=0.01, max_size=2)
         item = RewardItem("q", "a", group="g")
-        return await batcher.judge(item, timeout=0.1)
+        return await batcher.judge(item, expiry=Expiry.after(0.1))
 
     judged = asyncio.run(run())
     assert judged.result.failed and judged.result.failure_kind is FailureKind.TIMEOUT

@@ -32,6 +32,7 @@ from grm_plugin.adapters.openrlhf import OpenRLHFProtocol
 from grm_plugin.cli import serve as serve_mod
 from grm_plugin.cli.main import build_parser, main
 from grm_plugin.config import JudgeConfig
+from grm_plugin.deadline import Expiry
 from grm_plugin.engines import GenerationRequest
 from grm_plugin.grouping import GroupBatcher, RewardItem
 from grm_plugin.results import FailureKind
@@ -146,8 +147,8 @@ def test_a_group_member_with_a_short_deadline_does_not_cut_the_others():
 
     async def run() -> list:
         batcher = GroupBatcher(GenerativeRewardFn(engine), window=0.05, max_size=2)
-        short = batcher.judge(RewardItem("q", "a", group="g"), timeout=0.3)
-        long = batcher.judge(RewardItem("q", "bb", group="g"), timeout=30)
+        short = batcher.judge(RewardItem("q", "a", group="g"), expiry=Expiry.after(0.3))
+        long = batcher.judge(RewardItem("q", "bb", group="g"), expiry=Expiry.after(30))
         return await asyncio.gather(short, long)
 
     short, long = asyncio.run(run())

@@ -1234,9 +1234,9 @@ async def test_group_window_counts_within_the_batch_deadline(monkeypatch) -> Non
     bounds: list[float] = []
     judge = GroupBatcher.judge
 
-    async def recording(self, item, *, timeout):
-        bounds.append(timeout)
-        return await judge(self, item, timeout=timeout)
+    async def recording(self, item, *, expiry):
+        bounds.append(round(expiry.remaining()))  # made just before this call: whole seconds
+        return await judge(self, item, expiry=expiry)
 
     monkeypatch.setattr(GroupBatcher, "judge", recording)
     judging = adapter.VerlJudging(GenerativeRewardFn(RuleJudgeEngine(), deadline={"batch": 8.0}))
