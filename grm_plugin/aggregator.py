@@ -144,6 +144,12 @@ class Aggregator:
     meta_rm: MetaRewardModel | None
     keep: int
 
+    @property
+    def votes(self) -> int:
+        """Samples that vote when all parse: ``keep`` with a meta RM, else all k (each result
+        says so: ``JudgmentResult.votes``)."""
+        return self.keep if self.meta_rm is not None else self.samples
+
     async def result(
         self,
         samples: list[Sample],
@@ -179,6 +185,7 @@ class Aggregator:
             score_sums=score_sums,
             num_valid=len(valid),
             num_voted=len(voters),
+            votes=self.votes,
             samples=samples,
             flags=triage.flags,
         )

@@ -336,6 +336,18 @@ class JudgmentCache:
         """Whether judgments are looked up and stored (``max_items > 0``)."""
         return self.config.max_items > 0
 
+    def passes_through(self, responses: Sequence[str]) -> bool:
+        """True when ``judge`` would hand back the judgment of ``responses`` as it comes:
+        nothing to look up or store, no copy to judge once (callers then skip ``judge`` and
+        its per-item lists, sets and dicts).
+
+        >>> JudgmentCache(CacheConfig(), "").passes_through(["a", "b"])
+        True
+        >>> JudgmentCache(CacheConfig(), "").passes_through(["a", "a"])  # dedup: judged once
+        False
+        """
+        return not self.enabled and (not self.config.dedup or len(set(responses)) == len(responses))
+
     def stats(self) -> dict[str, int]:
         """Counts since start: ``hits``, ``misses``, ``stored``, ``duplicates`` (responses not
         sent because an identical one was in the same item), ``shared`` (misses answered by an
@@ -412,6 +424,8 @@ class JudgmentCache:
         the result is for ``responses`` as given (copies and order restored, flagged).
         ``fingerprint``: the judge's identity for this call (default: the cache's)."""
         responses = list(responses)
+        if self.passes_through(responses):
+            return await judge(prompt, responses, reference)
         distinct: list[str] = list(dict.fromkeys(responses)) if self.config.dedup else responses
         position = {text: j for j, text in enumerate(distinct)}
         seen: set[str] = set()

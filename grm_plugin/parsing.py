@@ -90,6 +90,14 @@ _PRINCIPLES_HEAD = re.compile(
     r"^[ \t*#_]*(?:specific\s+criteria|principles?)[ \t*_]*:[ \t*_]*", re.IGNORECASE
 )
 _ANALYSIS_HEAD = re.compile(r"^[ \t*#_]*analysis[ \t*_]*:[ \t*_]*", re.IGNORECASE)
+# what every verdict pattern below needs (``[[``, ``\boxed{`` or a leading "final"): one
+# search rules out a line that none of the four could match (most lines of a judgment)
+_MAYBE_VERDICT = re.compile(r"\[\[|\\boxed\{|^final", re.IGNORECASE)
+# zero-width characters too: the prompt breaks control tokens in responses with them
+_SQUASHED = re.compile(r"[\s\u200b-\u200d\u2060\ufeff]+")
+_SCORE_SEP = re.compile(r"[,;/]")
+_NUM_ONLY = re.compile(_NUM)
+_DIGIT = re.compile(r"\d")
 
 
 class ScoreFormat(str, Enum):
@@ -145,8 +153,7 @@ class _Verdict:
 
 
 def _squash(text: str) -> str:
-    # zero-width characters too: the prompt breaks control tokens in responses with them
-    return re.sub(r"[\s\u200b-\u200d\u2060\ufeff]+", "", text)
+    return _SQUASHED.sub("", text)
 
 
 def _markers(fence_code: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
@@ -192,6 +199,8 @@ def _strip_decoration(line: str) -> str:
 def _verdict_of(lines: list[str], i: int) -> _Verdict | None:
     """Line ``i`` read as a verdict line of the judge's own, if it is one."""
     body = _strip_decoration(lines[i])
+    if _MAYBE_VERDICT.search(body) is None:
+        return None
     for pattern in _STRONG_LINES.values():
         m = pattern.search(body)
         if m:
@@ -244,12 +253,20 @@ def _outside_inline_quotes(line: str) -> str:
 def _copied(before: str, line: str, quoted: Sequence[str]) -> bool:
     """True when ``line`` and the judge's text just ``before`` it were copied from a response."""
     token = _squash(line)
-    ctx = _squash(before)
-    if not token or not ctx:
-        return False  # an output that is only a score line quotes nothing we can tell
-    for q in quoted:
+    if not token:
+        return False
+    ctx = None  # the judge's text before the line, squashed: only once a response has the line
+    for q in dict.fromkeys(quoted):  # the originals and the shown texts are mostly the same
+        if token[0] not in q or token[-1] not in q:
+            continue  # squashing keeps every other character: the line cannot be in it
         sq = _squash(q)
         start = sq.find(token)
+        if start == -1:
+            continue
+        if ctx is None:
+            ctx = _squash(before)
+        if not ctx:
+            return False  # an output that is only a score line quotes nothing we can tell
         while start != -1:
             prefix = sq[:start]
             common = 0
@@ -288,13 +305,13 @@ def _sections(lines: list[str], quoted_mask: list[bool], end: int) -> tuple[str,
 
 
 def _to_scores(inner: str, n: int) -> tuple[list[float] | None, str | None]:
-    items = [s for s in re.split(r"[,;/]", inner.strip()) if s.strip()]
+    items = [s for s in _SCORE_SEP.split(inner.strip()) if s.strip()]
     if len(items) != n:
         return None, f"expected {n} scores, found {len(items)}"
     out = []
     for s in items:
         s = s.strip().rstrip(".")
-        if not re.fullmatch(_NUM, s):
+        if not _NUM_ONLY.fullmatch(s):
             return None, f"not a number: {s!r}"
         value = float(s)
         if not SCORE_MIN <= value <= SCORE_MAX:
@@ -316,24 +333,17 @@ def parse_judgment(
     """
     lines = text.splitlines()
     mask = _quoted_lines(lines, fence_code)
-    verdicts = [v for i in range(len(lines)) if not mask[i] and (v := _verdict_of(lines, i))]
-    score_like = [i for i, line in enumerate(lines) if _SCORE_LIKE.search(line)]
-    last_score_like = score_like[-1] if score_like else -1
-    verdict = None
-    if verdicts:
-        strongest = max(v.kind for v in verdicts)
-        verdict = [v for v in verdicts if v.kind == strongest][-1]
+    verdict = _last_verdict(lines, mask)
     principles, critique = _sections(lines, mask, verdict.line if verdict else len(lines))
     if verdict is None:
         error = (
-            "no score list found"
-            if last_score_like < 0
-            else "no final score line of the judge's own (only quoted or inline score text)"
+            "no final score line of the judge's own (only quoted or inline score text)"
+            if any(_SCORE_LIKE.search(line) for line in lines)
+            else "no score list found"
         )
         return ParsedJudgment(None, principles, critique, error)
-    if any(
-        _SCORE_LIKE.search(_outside_inline_quotes(lines[i])) for i in score_like if i > verdict.line
-    ):
+    after = lines[verdict.line + 1 :]
+    if any(_SCORE_LIKE.search(a) and _SCORE_LIKE.search(_outside_inline_quotes(a)) for a in after):
         return ParsedJudgment(
             None,
             principles,
@@ -349,6 +359,21 @@ def parse_judgment(
     return ParsedJudgment(scores, principles, critique, err, starts)
 
 
+def _last_verdict(lines: list[str], mask: list[bool]) -> _Verdict | None:
+    """The verdict: the last own line of the strongest kind present. Read from the end, so
+    that the usual judgment (its verdict on its last line) reads one line, not all."""
+    loose = None
+    for i in range(len(lines) - 1, -1, -1):
+        if mask[i]:
+            continue
+        v = _verdict_of(lines, i)
+        if v is not None and v.kind is _Kind.STRONG:
+            return v
+        if v is not None and loose is None:
+            loose = v
+    return loose
+
+
 def _score_starts(text: str, lines: list[str], verdict: _Verdict) -> list[int] | None:
     """Character index in ``text`` of each number of the verdict line."""
     offset = 0
@@ -361,7 +386,7 @@ def _score_starts(text: str, lines: list[str], verdict: _Verdict) -> list[int] |
     base = offset + at
     return [
         base + m.start()
-        for m in re.finditer(r"\d", verdict.inner)
+        for m in _DIGIT.finditer(verdict.inner)
         if _is_number_start(verdict.inner, m.start())
     ]
 

@@ -85,6 +85,8 @@ def neutralize_control_tokens(text: str) -> str:
         >>> neutralize_control_tokens("hi<|im_end|>") == "hi<\u200b|im_end|>"
         True
     """
+    if "<" not in text:  # every control string starts with one: most texts have none
+        return text
     return _CONTROL_TOKEN.sub("<\u200b\\1", text)
 
 

@@ -119,15 +119,15 @@ class PromptFrame:
         loaded = load_template(template)
         if loaded.version is None:
             return None
-        messages = loaded.render(
-            prompt, [""] * n, nonce=nonce, principles=principles, reference=reference
+        messages = loaded.render_empty(
+            prompt, n, nonce=nonce, principles=principles, reference=reference
         )
         seen = [0] * (n + 1)
         slots: list[list[tuple[int, int, int]]] = []
+        blocks = [fence("RESPONSE", "", nonce, i) for i in range(1, n + 1)]
         for m in messages:
             content, at = m["content"], []
-            for i in range(1, n + 1):
-                block = fence("RESPONSE", "", nonce, i)
+            for i, block in enumerate(blocks, start=1):
                 start = content.find(block)
                 while start >= 0:
                     at.append((start, start + len(block), i))

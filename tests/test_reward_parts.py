@@ -15,7 +15,7 @@ from grm_plugin.engines import JudgeEngine
 from grm_plugin.engines.base import GenerationRequest
 from grm_plugin.prompt import build_judge_messages
 from grm_plugin.sampler import PromptFrame, Sampler, item_nonce
-from grm_plugin.templates import JudgeTemplate
+from grm_plugin.templates import TEMPLATES, JudgeTemplate, load_template
 from grm_plugin.testing import RuleJudgeEngine, rule_judgment, shown_responses
 
 _TEXTS = [
@@ -87,14 +87,18 @@ def test_a_caller_text_that_carries_an_empty_block_gets_no_frame():
 
 
 def _count_renders(monkeypatch) -> list[int]:
+    """Jinja renders from now on, with no frame skeleton kept yet (a skeleton is one render,
+    shared by every later item of its shape: see test_a_skeleton_is_rendered_once_per_shape)."""
     renders: list[int] = []
-    real = JudgeTemplate.render
+    real = JudgeTemplate._render
 
     def counting(self, *args, **kwargs):
         renders.append(1)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(JudgeTemplate, "render", counting)
+    for name in TEMPLATES:
+        load_template(name)._skeletons.clear()
+    monkeypatch.setattr(JudgeTemplate, "_render", counting)
     return renders
 
 

@@ -52,6 +52,7 @@ from pathlib import Path
 
 import jinja2
 import jinja2.meta
+import jinja2.nodes
 import jinja2.sandbox
 
 from ..parsing import ScoreFormat
@@ -64,6 +65,16 @@ PLACEHOLDERS = frozenset({*REQUIRED, "n", "fence_code", "rubric", "reference", "
 DEFAULT_TEMPLATE = "grm-plugin"
 # the declaration may stand in any top-level Jinja comment: ``{# score_format: boxed #}``
 _SCORE_FORMAT = re.compile(r"\{#-?\s*score_format\s*:\s*([\w-]+)\s*-?#\}")
+#: a frame skeleton's stand-ins for the placeholders that differ from item to item (private-use
+#: code points: a rubric that holds one gets no skeleton); see ``JudgeTemplate.render_empty``
+_STAND_INS = {
+    "conversation": "\ue000C\ue001",
+    "fence_code": "\ue000N\ue001",
+    "reference": "\ue000R\ue001",
+}
+_STAND_IN = re.compile("\ue000([CNR])\ue001")
+#: skeletons kept per template (one per response count, rubric and reference-or-not)
+_MAX_SKELETONS = 256
 
 
 def declared_score_format(source: str, origin: str = "template") -> ScoreFormat:
@@ -185,6 +196,9 @@ class JudgeTemplate:
             )
         self.uses_hint = "hint" in used
         self._template = env.from_string(source)
+        self._plain_slots = _only_shown_or_tested(ast, _STAND_INS)
+        self._skeletons: dict[tuple[int, str | None, bool], list[tuple[str, list[str]]] | None]
+        self._skeletons = {}
         # one render with every optional part given, so that code the sandbox refuses fails at
         # load time (code only other data reaches is refused when that data comes, by render)
         try:
@@ -224,18 +238,99 @@ class JudgeTemplate:
         # every text that reaches the prompt, whoever wrote it (earlier assistant turns, a
         # dataset's reference, a rubric), goes through _data: a control string in any of them
         # would end the judge's user turn as surely as one in a response
+        conversation = fence("CONVERSATION", _data(format_conversation(context)), nonce)
+        fenced_reference = fence("REFERENCE", _data(reference), nonce) if reference else None
+        return self._render(conversation, responses, nonce, principles, fenced_reference, hint_best)
+
+    def render_empty(
+        self,
+        context: Conversation,
+        n: int,
+        *,
+        nonce: str,
+        principles: str | None = None,
+        reference: str | None = None,
+    ) -> list[Message]:
+        """``render`` of ``n`` empty responses (a prompt frame: ``grm_plugin.sampler``).
+
+        The same text, without a Jinja render per item where the template allows it: a template
+        that shows the conversation, the fence code and the reference only as they are (``{{
+        conversation }}``, or ``{% if reference %}``) is rendered once per response count and
+        rubric with stand-ins for them, which each item's texts then replace.
+
+        >>> t = load_template("grm-plugin")
+        >>> t.render_empty("Hi", 2, nonce="abcd1234") == t.render("Hi", ["", ""], nonce="abcd1234")
+        True
+        """
+        skeleton = self._skeleton(n, principles, bool(reference)) if nonce else None
+        if skeleton is None:
+            return self.render(
+                context, [""] * n, nonce=nonce, principles=principles, reference=reference
+            )
+        values = {
+            "C": fence("CONVERSATION", _data(format_conversation(context)), nonce),
+            "N": nonce,
+            "R": fence("REFERENCE", _data(reference), nonce) if reference else "",
+        }
+        return [
+            {
+                "role": role,
+                "content": "".join([values[p] if i % 2 else p for i, p in enumerate(parts)]),
+            }
+            for role, parts in skeleton
+        ]
+
+    def _skeleton(
+        self, n: int, principles: str | None, has_reference: bool
+    ) -> list[tuple[str, list[str]]] | None:
+        """Per message, its role and its text split at the stand-ins (odd parts: which one);
+        None where a render with stand-ins could differ from the real one."""
+        key = (n, principles, has_reference)
+        if key in self._skeletons:
+            return self._skeletons[key]
+        skeleton = None
+        if self._plain_slots and "\ue000" not in (principles or ""):
+            at = _STAND_INS
+            messages = self._render(
+                at["conversation"],
+                [""] * n,
+                at["fence_code"],
+                principles,
+                at["reference"] if has_reference else None,
+                None,
+            )
+            skeleton = [(m["role"], _STAND_IN.split(m["content"])) for m in messages]
+            # a stand-in at either end of a message: its real text's own spaces would be
+            # stripped by a render, and not here (no shipped template does this)
+            if any(not parts[0] or not parts[-1] for _, parts in skeleton):
+                skeleton = None
+        if len(self._skeletons) >= _MAX_SKELETONS:
+            self._skeletons.clear()
+        self._skeletons[key] = skeleton
+        return skeleton
+
+    def _render(
+        self,
+        conversation: str,
+        responses: Sequence[str],
+        nonce: str,
+        principles: str | None,
+        reference: str | None,
+        hint_best: int | None,
+    ) -> list[Message]:
+        """The render, from the fenced conversation and reference."""
         shown = [
             _Shown(i, fence("RESPONSE", _data(r), nonce, i))
             for i, r in enumerate(responses, start=1)
         ]
         values = {
-            "conversation": fence("CONVERSATION", _data(format_conversation(context)), nonce),
+            "conversation": conversation,
             "responses": shown,
             "score_slots": ", ".join(f"<score of response {s.index}>" for s in shown),
             "n": len(shown),
             "fence_code": nonce,
             "rubric": _data(principles.strip()) if principles else None,
-            "reference": fence("REFERENCE", _data(reference), nonce) if reference else None,
+            "reference": reference,
             "hint": None if hint_best is None else hint_best + 1,
         }
         try:
@@ -255,6 +350,19 @@ class JudgeTemplate:
             msgs.append({"role": "system", "content": str(system).strip()})
         msgs.append({"role": "user", "content": user})
         return msgs
+
+
+def _only_shown_or_tested(ast: jinja2.nodes.Template, names: Sequence[str]) -> bool:
+    """True when the template uses ``names`` only as ``{{ name }}`` (shown as they are) or as
+    the whole test of an ``{% if name %}``: its text then depends on their values only there
+    (and on whether they are set), so a render with stand-ins, the stand-ins replaced, is the
+    render with the values."""
+    uses = sum(1 for node in ast.find_all(jinja2.nodes.Name) if node.name in names)
+    plain = 0
+    for node in ast.find_all((jinja2.nodes.Output, jinja2.nodes.If)):
+        parts = node.nodes if isinstance(node, jinja2.nodes.Output) else [node.test]
+        plain += sum(1 for p in parts if isinstance(p, jinja2.nodes.Name) and p.name in names)
+    return uses == plain
 
 
 @functools.cache
