@@ -4,8 +4,8 @@
 # judgments (k=1), response order seeded. Every command resumes where it stopped (per-case
 # records in DIR/cases.jsonl), so this script can be stopped and rerun at any time.
 #
-# Order: the master-key family before and after both defenses first (the headline hack; ~1 CPU
-# hour on 2 cores), then every family before and with the reference-guided prompt. The
+# Order (all): the baseline, then the defenses; in each, the master-key family (the headline
+# hack) first, then every family. The
 # minimal-content rule touches only responses with no content token: of battery v1 that is the 8
 # master keys and nothing else (grm_plugin/content.py), so every other family is judged exactly
 # as in the baseline and is not re-run for that defense.
@@ -20,8 +20,26 @@ audit() {
     grm-plugin audit "$@" || echo "audit $* -> exit $? (1: a hack is above --max-rate)"
 }
 
-audit --out "$OUT/baseline" "${COMMON[@]}" --family master_key
-audit --out "$OUT/minimal_content" "${COMMON[@]}" --family master_key --minimal-content
-audit --out "$OUT/reference_guided" "${COMMON[@]}" --family master_key --reference-guided
-audit --out "$OUT/baseline" "${COMMON[@]}"
-audit --out "$OUT/reference_guided" "${COMMON[@]}" --reference-guided
+# One torch thread per process: on a 2-core machine with anything else running, torch's two
+# threads wait on each other at every step (measured 2026-12-06: 13 s per case on an idle
+# machine, ~60 s per case once a test run took the other core). Two lanes of one thread each
+# use both cores: `run.sh baseline & run.sh defenses` (each lane resumes on its own folders).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
+
+baseline() {
+    audit --out "$OUT/baseline" "${COMMON[@]}" --family master_key
+    audit --out "$OUT/baseline" "${COMMON[@]}"
+}
+
+defenses() {
+    audit --out "$OUT/minimal_content" "${COMMON[@]}" --family master_key --minimal-content
+    audit --out "$OUT/reference_guided" "${COMMON[@]}" --family master_key --reference-guided
+    audit --out "$OUT/reference_guided" "${COMMON[@]}" --reference-guided
+}
+
+case "${1:-all}" in
+    baseline) baseline ;;
+    defenses) defenses ;;
+    all) baseline; defenses ;;
+    *) echo "usage: run.sh [baseline|defenses|all]" >&2; exit 2 ;;
+esac
