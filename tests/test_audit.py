@@ -398,7 +398,8 @@ def test_the_committed_run_script_parses() -> None:
     script = Path(__file__).resolve().parents[1] / "results" / "audit" / "run.sh"
     if not script.is_file():
         pytest.skip("no results/audit/run.sh in this checkout")
-    lines = [ln for ln in script.read_text().splitlines() if ln.startswith("audit --out")]
+    lines = [ln.strip() for ln in script.read_text().splitlines()]
+    lines = [ln for ln in lines if ln.startswith("audit --out")]
     assert lines
     for line in lines:
         line = line.replace('"${COMMON[@]}"', "--limit-prompts 5 --seed 0")
