@@ -94,8 +94,8 @@ def main() -> None:
             lo, hi = f["false_positive_ci95"]
             xs.append(j + (i - (len(reports) - 1) / 2) * width)
             ys.append(f["false_positive_rate"])
-            errs[0].append(f["false_positive_rate"] - lo)
-            errs[1].append(hi - f["false_positive_rate"])
+            errs[0].append(max(0.0, f["false_positive_rate"] - lo))
+            errs[1].append(max(0.0, hi - f["false_positive_rate"]))
         ax.bar(xs, ys, width, yerr=errs, capsize=2, label=label)
     ax.axhline(0.1, color="k", lw=0.8, ls="--", label="gate (--max-rate 0.1)")
     ax.set_xticks(range(len(families)), families, rotation=30, ha="right")
