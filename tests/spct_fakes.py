@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from pathlib import Path
 
+from grm_plugin import GenerativeRewardFn
 from grm_plugin.engines.base import EngineError, GenerationRequest, JudgeEngine
+from grm_plugin.spct import SPCTItem, collect
+from grm_plugin.spct.collect import CollectCounts
 from grm_plugin.testing import shown_responses
 
 _CONVERSATION = re.compile(
@@ -62,3 +66,23 @@ class ScriptedJudge(JudgeEngine):
             self.texts.append((request, text))
             out.append(text)
         return out
+
+
+#: two items whose scripted judgments (``collect_scripted_rft``) keep one plain and two hinted
+#: records: the RFT data the SFT/RL tests train on
+SCRIPTED_ITEMS = [
+    SPCTItem(id="a", prompt="Say hi", responses=["hi", "go away"], best=0),
+    SPCTItem(id="b", prompt="Add 2 and 2", responses=["5", "4"], best=1),
+]
+
+
+def collect_scripted_rft(out: Path) -> CollectCounts:
+    """Collect ``SCRIPTED_ITEMS`` with a scripted judge into ``out`` (hinted round on)."""
+    judge = ScriptedJudge(
+        {
+            "Say hi": ("hi", ["right", "wrong", "wrong"], []),
+            "Add 2 and 2": ("4", ["wrong", "wrong", "wrong"], ["right", "wrong", "right"]),
+        }
+    )
+    rm = GenerativeRewardFn(judge, samples=3, seed=0, parse_retries=0)
+    return collect(rm, SCRIPTED_ITEMS, out, hint_retry=True, progress=False)

@@ -22,19 +22,7 @@ from grm_plugin.templates import TEMPLATES, JudgeTemplate, load_template
 from grm_plugin.testing import RuleJudgeEngine
 from grm_plugin.validation import triage_responses
 
-
-def _count_renders(monkeypatch) -> list[int]:
-    renders: list[int] = []
-    real = JudgeTemplate._render
-
-    def counting(self, *args, **kwargs):
-        renders.append(1)
-        return real(self, *args, **kwargs)
-
-    for name in TEMPLATES:
-        load_template(name)._skeletons.clear()
-    monkeypatch.setattr(JudgeTemplate, "_render", counting)
-    return renders
+from .test_reward_parts import _count_renders
 
 
 def test_a_skeleton_is_rendered_once_per_shape(monkeypatch):

@@ -17,17 +17,14 @@ pytest.importorskip("peft")
 
 from grm_plugin import GenerativeRewardFn, TransformersEngineConfig  # noqa: E402
 from grm_plugin.cli.main import main  # noqa: E402
-from grm_plugin.spct import LoraSettings, RLSettings, SFTSettings, SPCTItem, collect  # noqa: E402
+from grm_plugin.spct import LoraSettings, RLSettings, SFTSettings, collect  # noqa: E402
 from grm_plugin.spct.collect import read_rft_records  # noqa: E402
 from grm_plugin.spct.sft import general_examples, train_sft  # noqa: E402
 
-from .spct_fakes import ScriptedJudge  # noqa: E402
+from .spct_fakes import SCRIPTED_ITEMS, ScriptedJudge, collect_scripted_rft  # noqa: E402
 from .tiny_model import build_tiny_model  # noqa: E402
 
-ITEMS = [
-    SPCTItem(id="a", prompt="Say hi", responses=["hi", "go away"], best=0),
-    SPCTItem(id="b", prompt="Add 2 and 2", responses=["5", "4"], best=1),
-]
+ITEMS = SCRIPTED_ITEMS
 PROBE = "Evaluate the responses: the quick brown fox 1 2 3"
 # a large step so that the adapter visibly moves the logits (2 steps at 1e-5 barely would)
 FAST = dict(lora=LoraSettings(r=4, alpha=8), max_steps=2, learning_rate=5e-2)
@@ -40,15 +37,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    judge = ScriptedJudge(
-        {
-            "Say hi": ("hi", ["right", "wrong", "wrong"], []),
-            "Add 2 and 2": ("4", ["wrong", "wrong", "wrong"], ["right", "wrong", "right"]),
-        }
-    )
-    rm = GenerativeRewardFn(judge, samples=3, seed=0, parse_retries=0)
     out = tmp_path_factory.mktemp("rft") / "rft.jsonl"
-    collect(rm, ITEMS, out, hint_retry=True, progress=False)
+    collect_scripted_rft(out)
     return out
 
 

@@ -14,17 +14,14 @@ pytest.importorskip("peft")
 
 from grm_plugin import GenerativeRewardFn  # noqa: E402
 from grm_plugin.cli.main import main  # noqa: E402
-from grm_plugin.spct import LoraSettings, SFTSettings, SPCTItem, collect  # noqa: E402
+from grm_plugin.spct import LoraSettings, SFTSettings  # noqa: E402
 from grm_plugin.spct.collect import read_rft_records  # noqa: E402
 from grm_plugin.spct.sft import train_sft  # noqa: E402
 
-from .spct_fakes import ScriptedJudge  # noqa: E402
+from .spct_fakes import SCRIPTED_ITEMS, collect_scripted_rft  # noqa: E402
 from .tiny_model import build_tiny_model  # noqa: E402
 
-ITEMS = [
-    SPCTItem(id="a", prompt="Say hi", responses=["hi", "go away"], best=0),
-    SPCTItem(id="b", prompt="Add 2 and 2", responses=["5", "4"], best=1),
-]
+ITEMS = SCRIPTED_ITEMS
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +31,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    judge = ScriptedJudge(
-        {
-            "Say hi": ("hi", ["right", "wrong", "wrong"], []),
-            "Add 2 and 2": ("4", ["wrong", "wrong", "wrong"], ["right", "wrong", "right"]),
-        }
-    )
-    rm = GenerativeRewardFn(judge, samples=3, seed=0, parse_retries=0)
     out = tmp_path_factory.mktemp("rft") / "rft.jsonl"
-    counts = collect(rm, ITEMS, out, hint_retry=True, progress=False)
+    counts = collect_scripted_rft(out)
     assert (counts.kept, counts.hinted) == (3, 2)
     return out
 
