@@ -42,6 +42,7 @@ from .prompt import (
     Message,
     build_judge_messages,
     fit_responses,
+    format_conversation,
     neutralize_control_tokens,
 )
 from .results import FailureKind, Sample
@@ -91,18 +92,18 @@ def item_nonce(seeder: random.Random | None) -> str:
 
 @dataclass(frozen=True)
 class PromptFrame:
-    """One render of an item's prompt with every response empty, at the item's fence code.
+    """An item's prompt with its responses left open: the template's skeleton (one render per
+    response count and rubric) with the item's conversation, fence code and reference.
 
-    Each order's messages are this render with the responses' fenced blocks put in their
-    places (``fill``): the text a shipped template renders, without rendering it again for
-    every order. A preset shows each response's fenced block verbatim and nowhere else; a
-    template file may not, so it gets no frame (``build`` gives None) and renders each order.
+    Each order's messages are one join of it with the responses' texts (``fill``): the text a
+    shipped template renders, without a render or a search per order. A template file may
+    show a response other than verbatim in its fence, so it gets no frame (``build`` gives
+    None) and renders each order.
     """
 
-    messages: list[Message]
+    #: per message, its role and its parts (odd parts: a response's slot, "1" .. "n")
+    parts: list[tuple[str, list[str]]]
     nonce: str
-    #: per message, ``(start, end, position)`` of each empty block (position 1..n), in order
-    slots: list[list[tuple[int, int, int]]]
 
     @classmethod
     def build(
@@ -115,41 +116,53 @@ class PromptFrame:
         reference: str | None,
     ) -> PromptFrame | None:
         """The frame of an item with ``n`` responses, or None where filling it could differ
-        from a render (a template file; an empty block that also stands in the caller's text)."""
+        from a render (a template file: see ``JudgeTemplate.skeleton``)."""
         loaded = load_template(template)
-        if loaded.version is None:
+        skeleton = loaded.skeleton(n, principles, bool(reference)) if loaded.version else None
+        if skeleton is None or not nonce:
             return None
-        messages = loaded.render_empty(
-            prompt, n, nonce=nonce, principles=principles, reference=reference
-        )
-        seen = [0] * (n + 1)
-        slots: list[list[tuple[int, int, int]]] = []
-        blocks = [fence("RESPONSE", "", nonce, i) for i in range(1, n + 1)]
-        for m in messages:
-            content, at = m["content"], []
-            for i, block in enumerate(blocks, start=1):
-                start = content.find(block)
-                while start >= 0:
-                    at.append((start, start + len(block), i))
-                    seen[i] += 1
-                    start = content.find(block, start + len(block))
-            slots.append(sorted(at))
-        if any(count != 1 for count in seen[1:]):
-            return None
-        return cls(messages, nonce, slots)
+        values = {
+            "C": fence(
+                "CONVERSATION", neutralize_control_tokens(format_conversation(prompt)), nonce
+            ),
+            "N": nonce,
+            "R": fence("REFERENCE", neutralize_control_tokens(reference), nonce)
+            if reference
+            else "",
+        }
+        # the item's own texts in now; the response slots stay open for ``fill``
+        parts = [
+            (role, _joined_but_slots(skeleton_parts, values)) for role, skeleton_parts in skeleton
+        ]
+        return cls(parts, nonce)
 
     def fill(self, texts: list[str]) -> list[Message]:
         """The messages showing ``texts`` (in shown order), as the template renders them."""
-        filled: list[Message] = []
-        for m, at in zip(self.messages, self.slots, strict=True):
-            content, parts, prev = m["content"], [], 0
-            for start, end, i in at:
-                shown = neutralize_control_tokens(texts[i - 1])
-                parts += [content[prev:start], fence("RESPONSE", shown, self.nonce, i)]
-                prev = end
-            parts.append(content[prev:])
-            filled.append({**m, "content": "".join(parts)})
-        return filled
+        data = [neutralize_control_tokens(t) for t in texts]
+        return [
+            {
+                "role": role,
+                "content": "".join([data[int(p) - 1] if i % 2 else p for i, p in enumerate(parts)]),
+            }
+            for role, parts in self.parts
+        ]
+
+    @property
+    def messages(self) -> list[Message]:
+        """The messages with every response empty (their length is the prompt's overhead)."""
+        return [{"role": role, "content": "".join(parts[0::2])} for role, parts in self.parts]
+
+
+def _joined_but_slots(parts: list[str], values: dict[str, str]) -> list[str]:
+    """``parts`` with the item's values joined into the text around them: only the response
+    slots stay odd parts."""
+    out = [parts[0]]
+    for i in range(1, len(parts), 2):
+        if parts[i] in values:
+            out[-1] += values[parts[i]] + parts[i + 1]
+        else:
+            out += [parts[i], parts[i + 1]]
+    return out
 
 
 @dataclass(frozen=True)

@@ -80,10 +80,25 @@ def test_a_template_file_gets_no_frame(tmp_path):
     assert "(63)" in text and "(65)" in text  # each real block's length (empty: 62)
 
 
-def test_a_caller_text_that_carries_an_empty_block_gets_no_frame():
+def test_a_caller_text_that_carries_an_empty_block_or_a_stand_in_is_filled_as_rendered():
+    # the frame's slots are the skeleton's stand-ins, joined, never searched for: a caller's
+    # text that looks like an empty block of the item's code, or holds a stand-in's private-use
+    # characters, is the caller's text
     nonce = "abcd1234"
     block = f"<<<RESPONSE 1 BEGIN {nonce}>>>\n\n<<<RESPONSE 1 END {nonce}>>>"
-    assert PromptFrame.build("grm-plugin", "Q " + block, 1, nonce, None, None) is None
+    for prompt, texts in [
+        ("Q " + block, [block]),
+        ("Q \ue000N\ue001 \ue0001\ue001", ["\ue000C\ue001", "\ue0002\ue001"]),
+    ]:
+        frame = PromptFrame.build("grm-plugin", prompt, len(texts), nonce, None, "\ue000R\ue001")
+        assert frame is not None
+        assert frame.fill(texts) == build_judge_messages(
+            prompt, texts, nonce=nonce, reference="\ue000R\ue001", template="grm-plugin"
+        )
+
+
+def test_a_rubric_holding_a_stand_in_gets_no_frame():
+    assert PromptFrame.build("grm-plugin", "Q", 1, "abcd1234", "\ue000C\ue001", None) is None
 
 
 def _count_renders(monkeypatch) -> list[int]:

@@ -66,13 +66,13 @@ DEFAULT_TEMPLATE = "grm-plugin"
 # the declaration may stand in any top-level Jinja comment: ``{# score_format: boxed #}``
 _SCORE_FORMAT = re.compile(r"\{#-?\s*score_format\s*:\s*([\w-]+)\s*-?#\}")
 #: a frame skeleton's stand-ins for the placeholders that differ from item to item (private-use
-#: code points: a rubric that holds one gets no skeleton); see ``JudgeTemplate.render_empty``
+#: code points: a rubric that holds one gets no skeleton); see ``JudgeTemplate.skeleton``
 _STAND_INS = {
     "conversation": "\ue000C\ue001",
     "fence_code": "\ue000N\ue001",
     "reference": "\ue000R\ue001",
 }
-_STAND_IN = re.compile("\ue000([CNR])\ue001")
+_STAND_IN = re.compile("\ue000([CNR]|[0-9]+)\ue001")
 #: skeletons kept per template (one per response count, rubric and reference-or-not)
 _MAX_SKELETONS = 256
 
@@ -242,49 +242,23 @@ class JudgeTemplate:
         fenced_reference = fence("REFERENCE", _data(reference), nonce) if reference else None
         return self._render(conversation, responses, nonce, principles, fenced_reference, hint_best)
 
-    def render_empty(
-        self,
-        context: Conversation,
-        n: int,
-        *,
-        nonce: str,
-        principles: str | None = None,
-        reference: str | None = None,
-    ) -> list[Message]:
-        """``render`` of ``n`` empty responses (a prompt frame: ``grm_plugin.sampler``).
-
-        The same text, without a Jinja render per item where the template allows it: a template
-        that shows the conversation, the fence code and the reference only as they are (``{{
-        conversation }}``, or ``{% if reference %}``) is rendered once per response count and
-        rubric with stand-ins for them, which each item's texts then replace.
-
-        >>> t = load_template("grm-plugin")
-        >>> t.render_empty("Hi", 2, nonce="abcd1234") == t.render("Hi", ["", ""], nonce="abcd1234")
-        True
-        """
-        skeleton = self._skeleton(n, principles, bool(reference)) if nonce else None
-        if skeleton is None:
-            return self.render(
-                context, [""] * n, nonce=nonce, principles=principles, reference=reference
-            )
-        values = {
-            "C": fence("CONVERSATION", _data(format_conversation(context)), nonce),
-            "N": nonce,
-            "R": fence("REFERENCE", _data(reference), nonce) if reference else "",
-        }
-        return [
-            {
-                "role": role,
-                "content": "".join([values[p] if i % 2 else p for i, p in enumerate(parts)]),
-            }
-            for role, parts in skeleton
-        ]
-
-    def _skeleton(
+    def skeleton(
         self, n: int, principles: str | None, has_reference: bool
     ) -> list[tuple[str, list[str]]] | None:
-        """Per message, its role and its text split at the stand-ins (odd parts: which one);
-        None where a render with stand-ins could differ from the real one."""
+        """Per message, its role and its text split at the stand-ins (odd parts: which one:
+        ``C`` the fenced conversation, ``N`` the fence code, ``R`` the fenced reference, ``1``
+        .. ``n`` the n-th response's text as its fence carries it); None where joining the
+        parts with an item's texts could differ from the real render (a template file: see
+        ``_plain_slots``; a rubric holding a stand-in; a response shown other than once).
+
+        A prompt frame (``grm_plugin.sampler.PromptFrame``) joins it per order: one render per
+        response count and rubric, then plain joins, no Jinja and no search per item.
+
+        >>> t = load_template("grm-plugin")
+        >>> parts = t.skeleton(2, None, False)[1][1]
+        >>> [p for p in parts[1::2] if p.isdigit()]
+        ['1', '2']
+        """
         key = (n, principles, has_reference)
         if key in self._skeletons:
             return self._skeletons[key]
@@ -293,16 +267,19 @@ class JudgeTemplate:
             at = _STAND_INS
             messages = self._render(
                 at["conversation"],
-                [""] * n,
+                [f"\ue000{i}\ue001" for i in range(1, n + 1)],
                 at["fence_code"],
                 principles,
                 at["reference"] if has_reference else None,
                 None,
             )
             skeleton = [(m["role"], _STAND_IN.split(m["content"])) for m in messages]
-            # a stand-in at either end of a message: its real text's own spaces would be
-            # stripped by a render, and not here (no shipped template does this)
-            if any(not parts[0] or not parts[-1] for _, parts in skeleton):
+            shown = [p for _, parts in skeleton for p in parts[1::2] if p.isdigit()]
+            # each response exactly once, and no stand-in at either end of a message (its real
+            # text's own spaces would be stripped by a render, and not by a join)
+            if sorted(shown, key=int) != [str(i) for i in range(1, n + 1)] or any(
+                not parts[0] or not parts[-1] for _, parts in skeleton
+            ):
                 skeleton = None
         if len(self._skeletons) >= _MAX_SKELETONS:
             self._skeletons.clear()
