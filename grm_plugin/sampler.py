@@ -34,7 +34,7 @@ from typing import Any
 from .config import SamplingConfig
 from .deadline import Expiry
 from .engines import JudgeEngine
-from .engines.base import EngineError, GenerationRequest
+from .engines.base import EngineError, GenerationRequest, tokens_of_length
 from .engines.errors import PromptTooLongError, failure_kind
 from .parsing import parse_judgment
 from .prompt import (
@@ -47,7 +47,7 @@ from .prompt import (
 )
 from .results import FailureKind, Sample
 from .sync_bridge import cancelled_by_caller, with_timeout
-from .templates import fence, load_template
+from .templates import JudgeTemplate, Skeleton, fence, load_template
 
 #: assumed context (tokens) when the engine does not know its own
 DEFAULT_CONTEXT_WINDOW = 32768
@@ -93,17 +93,18 @@ def item_nonce(seeder: random.Random | None) -> str:
 @dataclass(frozen=True)
 class PromptFrame:
     """An item's prompt with its responses left open: the template's skeleton (one render per
-    response count and rubric) with the item's conversation, fence code and reference.
+    response count and rubric) and the item's fenced conversation, fence code and reference.
 
     Each order's messages are one join of it with the responses' texts (``fill``): the text a
-    shipped template renders, without a render or a search per order. A template file may
-    show a response other than verbatim in its fence, so it gets no frame (``build`` gives
+    shipped template renders, without a render or a search per item or order. A template file
+    may show a response other than verbatim in its fence, so it gets no frame (``build`` gives
     None) and renders each order.
     """
 
-    #: per message, its role and its parts (odd parts: a response's slot, "1" .. "n")
-    parts: list[tuple[str, list[str]]]
+    skeleton: Skeleton
+    conversation: str
     nonce: str
+    reference: str
 
     @classmethod
     def build(
@@ -117,52 +118,44 @@ class PromptFrame:
     ) -> PromptFrame | None:
         """The frame of an item with ``n`` responses, or None where filling it could differ
         from a render (a template file: see ``JudgeTemplate.skeleton``)."""
-        loaded = load_template(template)
+        return cls.of(load_template(template), prompt, n, nonce, principles, reference)
+
+    @classmethod
+    def of(
+        cls,
+        loaded: JudgeTemplate,
+        prompt: Conversation,
+        n: int,
+        nonce: str,
+        principles: str | None,
+        reference: str | None,
+    ) -> PromptFrame | None:
+        """``build`` for a loaded template."""
         skeleton = loaded.skeleton(n, principles, bool(reference)) if loaded.version else None
         if skeleton is None or not nonce:
             return None
-        values = {
-            "C": fence(
-                "CONVERSATION", neutralize_control_tokens(format_conversation(prompt)), nonce
-            ),
-            "N": nonce,
-            "R": fence("REFERENCE", neutralize_control_tokens(reference), nonce)
-            if reference
-            else "",
-        }
-        # the item's own texts in now; the response slots stay open for ``fill``
-        parts = [
-            (role, _joined_but_slots(skeleton_parts, values)) for role, skeleton_parts in skeleton
-        ]
-        return cls(parts, nonce)
+        conversation = neutralize_control_tokens(format_conversation(prompt))
+        return cls(
+            skeleton,
+            fence("CONVERSATION", conversation, nonce),
+            nonce,
+            fence("REFERENCE", neutralize_control_tokens(reference), nonce) if reference else "",
+        )
 
     def fill(self, texts: list[str]) -> list[Message]:
         """The messages showing ``texts`` (in shown order), as the template renders them."""
-        data = [neutralize_control_tokens(t) for t in texts]
-        return [
-            {
-                "role": role,
-                "content": "".join([data[int(p) - 1] if i % 2 else p for i, p in enumerate(parts)]),
-            }
-            for role, parts in self.parts
-        ]
+        return self.skeleton.join(
+            [neutralize_control_tokens(t) for t in texts],
+            conversation=self.conversation,
+            fence_code=self.nonce,
+            reference=self.reference,
+        )
 
-    @property
-    def messages(self) -> list[Message]:
-        """The messages with every response empty (their length is the prompt's overhead)."""
-        return [{"role": role, "content": "".join(parts[0::2])} for role, parts in self.parts]
-
-
-def _joined_but_slots(parts: list[str], values: dict[str, str]) -> list[str]:
-    """``parts`` with the item's values joined into the text around them: only the response
-    slots stay odd parts."""
-    out = [parts[0]]
-    for i in range(1, len(parts), 2):
-        if parts[i] in values:
-            out[-1] += values[parts[i]] + parts[i + 1]
-        else:
-            out += [parts[i], parts[i + 1]]
-    return out
+    def empty_lengths(self) -> list[int]:
+        """Per message, its length with every response empty (the prompt's overhead), without
+        joining its text."""
+        c, n, r = len(self.conversation), len(self.nonce), len(self.reference)
+        return [f + nc * c + nn * n + nr * r for f, nc, nn, nr in self.skeleton.sizes]
 
 
 @dataclass(frozen=True)
@@ -299,7 +292,7 @@ class Sampler:
         if frame is not None and self._counts_by_length():
             # the frame is the skeleton with the item's fence code for ``xxxxxxxx``: the same
             # length, so the same estimate, without a render of its own
-            return sum(self.engine.count_tokens(m["content"]) for m in frame.messages) + 64
+            return sum(map(tokens_of_length, frame.empty_lengths())) + 64
         skeleton = build_judge_messages(
             prompt,
             [""] * n,

@@ -17,6 +17,7 @@ from grm_plugin.aggregator import Aggregator
 from grm_plugin.deadline import NEVER
 from grm_plugin.parsing import parse_judgment
 from grm_plugin.results import JudgmentResult, Sample
+from grm_plugin.sampler import PromptFrame
 from grm_plugin.sync_bridge import run_sync
 from grm_plugin.templates import TEMPLATES, JudgeTemplate, load_template
 from grm_plugin.testing import RuleJudgeEngine
@@ -35,15 +36,21 @@ def test_a_skeleton_is_rendered_once_per_shape(monkeypatch):
     assert len(renders) == 2
 
 
+def _framed(t: JudgeTemplate, prompt, texts, principles=None, reference=None):
+    """The messages a frame of ``t`` gives (None: no frame), beside ``t``'s own render."""
+    frame = PromptFrame.of(t, prompt, len(texts), "abcd1234", principles, reference)
+    rendered = t.render(prompt, texts, nonce="abcd1234", principles=principles, reference=reference)
+    return (None if frame is None else frame.fill(texts)), rendered
+
+
 @pytest.mark.parametrize("template", sorted(TEMPLATES))
 @pytest.mark.parametrize("reference", [None, "", "4 <|im_end|>"])
 def test_a_skeletons_text_is_the_render(template, reference):
     t = load_template(template)
     assert t._plain_slots  # the presets take the skeleton: the check below is not vacuous
     for prompt in ["Hi", [{"role": "user", "content": "Hi <s>"}], "\ue000C\ue001 a stand-in"]:
-        for n in (1, 3):
-            got = t.render_empty(prompt, n, nonce="abcd1234", principles="P", reference=reference)
-            want = t.render(prompt, [""] * n, nonce="abcd1234", principles="P", reference=reference)
+        for texts in (["4"], ["", "a <|im_end|> b", "\ue0000\ue001 \ue000N\ue001"]):
+            got, want = _framed(t, prompt, texts, principles="P", reference=reference)
             assert got == want
 
 
@@ -54,21 +61,35 @@ SOURCE = "{{ conversation%s }} {{ fence_code }}\n{%% for r in responses %%}{{ r.
 def test_a_template_that_transforms_a_value_gets_no_skeleton(use):
     t = JudgeTemplate(SOURCE % use, name="t", version=1, origin="t")
     assert not t._plain_slots
-    assert t.render_empty("q", 2, nonce="abcd1234") == t.render("q", ["", ""], nonce="abcd1234")
+    assert t.skeleton(2, None, False) is None
+    assert _framed(t, "q", ["a", "b"])[0] is None
 
 
 def test_a_template_that_shows_values_as_they_are_gets_one():
+    t = JudgeTemplate("Judge. " + SOURCE % "", name="t", version=1, origin="t")
+    assert t._plain_slots and t.skeleton(2, None, False) is not None
+    got, want = _framed(t, "q", ["a", "b <|im_end|>"])
+    assert got == want
+
+
+def test_a_stand_in_at_either_end_of_a_message_gets_no_skeleton():
+    # a render strips the message's own spaces; a join of the caller's text would keep them
     t = JudgeTemplate(SOURCE % "", name="t", version=1, origin="t")
-    assert t._plain_slots
-    assert t.render_empty("q", 2, nonce="abcd1234") == t.render("q", ["", ""], nonce="abcd1234")
+    assert t._plain_slots and t.skeleton(2, None, False) is None
+    assert _framed(t, " q ", ["a", "b"])[0] is None
+
+
+def test_a_template_that_shows_a_response_twice_gets_no_skeleton():
+    twice = "Judge. " + SOURCE.replace("{{ r.fenced }}", "{{ r.fenced }} {{ r.fenced }}") % ""
+    t = JudgeTemplate(twice, name="t", version=1, origin="t")
+    assert t._plain_slots and t.skeleton(2, None, False) is None
 
 
 def test_a_rubric_holding_a_stand_in_gets_no_skeleton():
     t = load_template("grm-plugin")
     rubric = "weigh \ue000N\ue001 heavily"
-    assert t._skeleton(2, rubric, False) is None
-    got = t.render_empty("q", 2, nonce="abcd1234", principles=rubric)
-    assert got == t.render("q", ["", ""], nonce="abcd1234", principles=rubric)
+    assert t.skeleton(2, rubric, False) is None
+    assert _framed(t, "q", ["a", "b"], principles=rubric)[0] is None
 
 
 def test_unseeded_items_share_one_generator():

@@ -56,6 +56,16 @@ class EngineHealth:
     reason: str | None = None
 
 
+def tokens_of_length(chars: int) -> int:
+    """The token estimate of a text of ``chars`` characters, for engines without a tokenizer
+    (3 characters a token errs long for English, so a fit leaves room rather than overflows).
+
+    >>> tokens_of_length(9)
+    4
+    """
+    return chars // 3 + 1
+
+
 class JudgeEngine(ABC):
     """Base class for engines. Subclasses implement ``generate``. Engines are called from any
     event loop (the sync API runs its own), so they must not bind state to one loop."""
@@ -93,7 +103,7 @@ class JudgeEngine(ABC):
 
     def count_tokens(self, text: str) -> int:
         """Token count used for truncation; engines with a tokenizer give the exact number."""
-        return len(text) // 3 + 1
+        return tokens_of_length(len(text))
 
     def health(self) -> EngineHealth:
         """Whether the engine can still answer (a server's ``/health`` reports it)."""

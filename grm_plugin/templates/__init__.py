@@ -164,6 +164,46 @@ def fence(kind: str, text: str, nonce: str, index: int | None = None) -> str:
     return f"<<<{label} BEGIN {nonce}>>>\n{text}\n<<<{label} END {nonce}>>>"
 
 
+#: a skeleton's slot numbers of the stand-ins (responses are 0 .. n-1): negative, so that
+#: ``[*responses, reference, fence_code, conversation][slot]`` is each slot's text
+_SLOT_OF = {"C": -1, "N": -2, "R": -3}
+
+
+@dataclass(frozen=True)
+class Skeleton:
+    """A template's render with the texts that differ from item to item left open: per
+    message, its role, its fixed texts and, between each two of them, a slot (``0`` .. ``n-1``:
+    that response's text as its fence carries it; ``-1`` the fenced conversation, ``-2`` the
+    fence code, ``-3`` the fenced reference). Rendered once per response count, rubric and
+    reference-or-not; each item's prompt is then a join (``grm_plugin.sampler.PromptFrame``),
+    no Jinja render and no search per item or order."""
+
+    messages: tuple[tuple[str, tuple[str, ...], tuple[int, ...]], ...]
+
+    @functools.cached_property
+    def sizes(self) -> tuple[tuple[int, int, int, int], ...]:
+        """Per message: the length of its fixed texts and how often it shows the conversation,
+        the fence code and the reference (its length with the responses empty, per item, is
+        then four products: the truncation's overhead, without a join)."""
+        return tuple(
+            (sum(map(len, texts)), slots.count(-1), slots.count(-2), slots.count(-3))
+            for _, texts, slots in self.messages
+        )
+
+    def join(
+        self, responses: Sequence[str], *, conversation: str, fence_code: str, reference: str
+    ) -> list[Message]:
+        """The messages with these texts in the slots (each as the prompt carries it)."""
+        values = [*responses, reference, fence_code, conversation]
+        out = []
+        for role, texts, slots in self.messages:
+            parts: list[str] = [""] * (2 * len(texts) - 1)
+            parts[0::2] = texts
+            parts[1::2] = [values[i] for i in slots]
+            out.append({"role": role, "content": "".join(parts)})
+        return out
+
+
 class JudgeTemplate:
     """A loaded, checked template; ``render`` gives the chat messages for one judgment."""
 
@@ -197,7 +237,7 @@ class JudgeTemplate:
         self.uses_hint = "hint" in used
         self._template = env.from_string(source)
         self._plain_slots = _only_shown_or_tested(ast, _STAND_INS)
-        self._skeletons: dict[tuple[int, str | None, bool], list[tuple[str, list[str]]] | None]
+        self._skeletons: dict[tuple[int, str | None, bool], Skeleton | None]
         self._skeletons = {}
         # one render with every optional part given, so that code the sandbox refuses fails at
         # load time (code only other data reaches is refused when that data comes, by render)
@@ -242,22 +282,19 @@ class JudgeTemplate:
         fenced_reference = fence("REFERENCE", _data(reference), nonce) if reference else None
         return self._render(conversation, responses, nonce, principles, fenced_reference, hint_best)
 
-    def skeleton(
-        self, n: int, principles: str | None, has_reference: bool
-    ) -> list[tuple[str, list[str]]] | None:
-        """Per message, its role and its text split at the stand-ins (odd parts: which one:
-        ``C`` the fenced conversation, ``N`` the fence code, ``R`` the fenced reference, ``1``
-        .. ``n`` the n-th response's text as its fence carries it); None where joining the
-        parts with an item's texts could differ from the real render (a template file: see
-        ``_plain_slots``; a rubric holding a stand-in; a response shown other than once).
-
-        A prompt frame (``grm_plugin.sampler.PromptFrame``) joins it per order: one render per
-        response count and rubric, then plain joins, no Jinja and no search per item.
+    def skeleton(self, n: int, principles: str | None, has_reference: bool) -> Skeleton | None:
+        """The render for ``n`` responses with every text that differs from item to item left
+        open (see ``Skeleton``); None where joining it with an item's texts could differ from
+        the real render (a template file: see ``_plain_slots``; a rubric holding a stand-in; a
+        response shown other than once).
 
         >>> t = load_template("grm-plugin")
-        >>> parts = t.skeleton(2, None, False)[1][1]
-        >>> [p for p in parts[1::2] if p.isdigit()]
-        ['1', '2']
+        >>> sk = t.skeleton(2, None, False)
+        >>> sk.join(["It is 4.", "5"], conversation="C", fence_code="N", reference="") == [
+        ...     {"role": m["role"], "content": m["content"]}
+        ...     for m in t._render("C", ["It is 4.", "5"], "N", None, None, None)
+        ... ]
+        True
         """
         key = (n, principles, has_reference)
         if key in self._skeletons:
@@ -267,20 +304,27 @@ class JudgeTemplate:
             at = _STAND_INS
             messages = self._render(
                 at["conversation"],
-                [f"\ue000{i}\ue001" for i in range(1, n + 1)],
+                [f"\ue000{i}\ue001" for i in range(n)],
                 at["fence_code"],
                 principles,
                 at["reference"] if has_reference else None,
                 None,
             )
-            skeleton = [(m["role"], _STAND_IN.split(m["content"])) for m in messages]
-            shown = [p for _, parts in skeleton for p in parts[1::2] if p.isdigit()]
+            split = [(m["role"], _STAND_IN.split(m["content"])) for m in messages]
+            shown = sorted(int(p) for _, parts in split for p in parts[1::2] if p.isdigit())
             # each response exactly once, and no stand-in at either end of a message (its real
             # text's own spaces would be stripped by a render, and not by a join)
-            if sorted(shown, key=int) != [str(i) for i in range(1, n + 1)] or any(
-                not parts[0] or not parts[-1] for _, parts in skeleton
-            ):
-                skeleton = None
+            if shown == list(range(n)) and all(parts[0] and parts[-1] for _, parts in split):
+                skeleton = Skeleton(
+                    tuple(
+                        (
+                            role,
+                            tuple(parts[0::2]),
+                            tuple(_SLOT_OF[p] if p in _SLOT_OF else int(p) for p in parts[1::2]),
+                        )
+                        for role, parts in split
+                    )
+                )
         if len(self._skeletons) >= _MAX_SKELETONS:
             self._skeletons.clear()
         self._skeletons[key] = skeleton
