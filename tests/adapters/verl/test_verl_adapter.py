@@ -1204,7 +1204,10 @@ def test_group_actor_killed_mid_judgment_loses_no_sample(ray_cluster, tokenizer_
             target=lambda: result.update(out=_run_reward_loop(ray, config)[0])
         )
         runner.start()
-        for _ in range(1200):  # until the actor holds all 3 groups in judgment (<= 120 s)
+        # until the actor holds all 3 groups in judgment: <= 240 s, as verl's two reward
+        # workers and our group actor start first (idle: ~10 s; a fully loaded 2-core CI
+        # machine once took over 120 s, and the test failed on the wait, not on a sample)
+        for _ in range(2400):
             if len(router.requests) >= 3:
                 break
             time.sleep(0.1)
