@@ -33,10 +33,22 @@ split() {
   step split python $R/split.py --data "$DATA" --out-dir $R/data
 }
 
-make_pairs() {  # resumes per problem; a finished run loads no model
+make_pairs() {  # resumes per problem; a finished run starts no server
   split
-  step make-pairs grm-plugin spct make-pairs $R/data/problems.jsonl --out $R/train.jsonl \
-    --config $CFG --no-progress
+  local done=0
+  [[ -f $R/train.counts.json ]] && done=$(python -c "import json,sys; c=json.load(open(sys.argv[1])); print(int(c['problems_done'] >= c['problems_read']))" $R/train.counts.json)
+  if [[ $done != 1 ]]; then
+    # the policy (spct.yaml make_pairs.engine): the 1.5B model on llama.cpp, port 8091, for
+    # this stage only; stopped again however the stage ends
+    local gguf
+    gguf=$($R/fetch_policy.sh)
+    GGUF=$gguf PORT=8091 $R/llama_server.sh > /dev/null
+    trap 'PORT=8091 $R/llama_server.sh stop' EXIT
+    step make-pairs grm-plugin spct make-pairs $R/data/problems.jsonl --out $R/train.jsonl \
+      --config $CFG --no-progress
+    PORT=8091 $R/llama_server.sh stop
+    trap - EXIT
+  fi
   # every id used in training (collect and rl both read train.jsonl), checked against held-out
   python - "$R" <<'EOF'
 import json, sys
