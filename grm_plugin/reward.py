@@ -207,6 +207,27 @@ class GenerativeRewardFn:
         self._check_engine()
         self.cache_config = config.cache
 
+    @property
+    def items_started(self) -> int:
+        """Items this judge has started; a seeded judge's next item draws its response orders,
+        fence code and sampling seeds as its ``items_started + 1``-th item. A run that resumes
+        a stopped one sets it back to where that run stood, so the items left are judged as
+        the stopped run would have judged them (``grm_plugin.resumable_draw``).
+
+        >>> from grm_plugin.testing import RuleJudgeEngine
+        >>> rm = GenerativeRewardFn(RuleJudgeEngine())
+        >>> _ = rm.score("Q", ["a", "b"])
+        >>> rm.items_started
+        1
+        """
+        return self._items_started
+
+    @items_started.setter
+    def items_started(self, n: int) -> None:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"items_started must be an int >= 0, got {n!r}")
+        self._items_started = n
+
     def _check_engine(self) -> None:
         if self.sampling.expected_scores and not self.engine.supports_score_distributions:
             raise ValueError(

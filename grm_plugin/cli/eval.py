@@ -22,6 +22,16 @@ def _ks(text: str) -> list[int]:
     return ks
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"wants a whole number: {e}") from e
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"wants a number >= 1, got {n}")
+    return n
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from ..benchmark_data import READERS, Format
 
@@ -96,6 +106,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--reuse-samples", help="evaluate a saved samples.jsonl instead of running the judge"
     )
     p.add_argument("--parse-retries", type=int, default=0, help="re-sample failed parses")
+    p.add_argument(
+        "--chunk-size",
+        type=_positive,
+        help="items judged at once, each finished chunk saved in --out so that the same "
+        "command run again after a stop judges only the rest (default: 64 judgments' worth)",
+    )
     p.add_argument("--no-progress", action="store_true")
     add_judge_args(p)
     # here --samples lists the k levels (the judge draws max k once)
@@ -147,10 +163,20 @@ def _count_tokens(rm, draws) -> str:
     return "engine tokenizer" if exact else "estimated (characters / 3)"
 
 
+def _identity(cfg) -> str:
+    """The judge a resumable draw belongs to: its whole configuration (engine, sampling with
+    its seed and k, template, deadlines), hashed."""
+    import hashlib
+
+    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import evaluation as ev
     from ..adaptive import AdaptiveRule
     from ..benchmark_data import Format, ReaderOptions, load_benchmark
+    from ..draw_log import clear as clear_draw
+    from ..draw_log import resumable_draw
     from ..meta_rm.data import write_records
 
     ks: list[int] = args.samples
@@ -214,8 +240,13 @@ def run(args: argparse.Namespace) -> int:
         from ..reward import GenerativeRewardFn
 
         rm = GenerativeRewardFn.from_config(cfg)
+        # judged chunk by chunk into OUT, so that the same command run again after a stop
+        # judges only the items left (draw_log: the same draw as an unstopped run)
         t0 = time.perf_counter()
-        draws = ev.draw(rm, items, progress=progress)
+        chunk = args.chunk_size or max(1, 64 // max(ks))
+        draws = resumable_draw(
+            rm, items, out, judge=_identity(cfg), chunk_size=chunk, progress=progress
+        )
         timing["judge_seconds"] = time.perf_counter() - t0
         timing["judge_seconds_per_item"] = timing["judge_seconds"] / len(items)
         tokens = _count_tokens(rm, draws)
@@ -227,7 +258,15 @@ def run(args: argparse.Namespace) -> int:
             )
             g_rm = GenerativeRewardFn.from_config(g_cfg, engine=rm.engine)
             t0 = time.perf_counter()
-            greedy = ev.draw(g_rm, items, progress=progress)
+            greedy = resumable_draw(
+                g_rm,
+                items,
+                out,
+                judge=_identity(g_cfg),
+                name="greedy_samples",
+                chunk_size=args.chunk_size or 64,
+                progress=progress,
+            )
             timing["greedy_seconds"] = time.perf_counter() - t0
             timing["greedy_seconds_per_item"] = timing["greedy_seconds"] / len(items)
             _count_tokens(rm, greedy)
@@ -276,6 +315,10 @@ def run(args: argparse.Namespace) -> int:
     }
     report.timing = timing
     paths = ev.write_report(report, out, plot=plot)
+    # the report is written: the resumable draws' partial files have served (samples.jsonl
+    # keeps every sample); until now a rerun would have reused them instead of judging again
+    for name in ("samples", "greedy_samples"):
+        clear_draw(out, name)
     print(ev.markdown_table(report))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

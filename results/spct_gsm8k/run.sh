@@ -7,8 +7,8 @@
 #   TIME_LIMIT=3h results/spct_gsm8k/run.sh   # stop after 3 hours (a "piece"); rerun resumes
 #
 # Resume units: make-pairs and collect per problem / item (their progress logs), sft and rl from
-# trainer checkpoints (save_steps in spct.yaml), eval per shard (a shard whose report.json exists
-# is not run again). Each command's wall time is appended to timings.txt. One real-model process
+# trainer checkpoints (save_steps in spct.yaml), eval per chunk of items within a shard (grm-plugin
+# eval saves each chunk in its --out; a shard whose report.json exists is not run again). Each command's wall time is appended to timings.txt. One real-model process
 # at a time: the stages run one after the other, never in parallel.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
