@@ -105,9 +105,10 @@ evaluate() {  # evaluate STAGE: every held-out shard, then the preference items;
     ks=1
     [[ $name == heldout_k8_* ]] && ks=1,2,4,8
     # one draw of max(k) samples per item; k < 8 are its first k samples. --seed: the same
-    # response orders for every stage, so stages differ only in the judge
+    # response orders for every stage, so stages differ only in the judge. --chunk-size 4: at
+    # most 4 items (32 judgments, ~20 min here) lost to a stop
     step "eval-$stage-$name" grm-plugin eval "$shard" --config $R/judge_$stage.yaml \
-      --samples $ks --seed 0 --out $R/eval/$stage/$name --no-progress
+      --samples $ks --seed 0 --chunk-size 4 --out $R/eval/$stage/$name --no-progress
   done
 }
 
