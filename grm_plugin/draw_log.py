@@ -33,9 +33,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from .evaluation import ItemDraw
+from .evaluation import ItemDraw, draw
 from .items import PreferenceItem
-from .meta_rm.data import judge_items
 from .reward import GenerativeRewardFn
 
 log = logging.getLogger(__name__)
@@ -89,8 +88,7 @@ def resumable_draw(
         with partial_path(folder, name).open("a", encoding="utf-8") as out:
             for start in range(len(draws), len(items), chunk_size):
                 chunk = list(items[start : start + chunk_size])
-                results = judge_items(rm, chunk, progress=False)
-                new = [ItemDraw(item=it, result=r) for it, r in zip(chunk, results, strict=True)]
+                new = draw(rm, chunk, progress=False)
                 # the chunk's lines are on disk before the state that counts them
                 out.write("".join(d.model_dump_json() + "\n" for d in new))
                 out.flush()

@@ -212,7 +212,7 @@ class GenerativeRewardFn:
         """Items this judge has started; a seeded judge's next item draws its response orders,
         fence code and sampling seeds as its ``items_started + 1``-th item. A run that resumes
         a stopped one sets it back to where that run stood, so the items left are judged as
-        the stopped run would have judged them (``grm_plugin.resumable_draw``).
+        the stopped run would have judged them (``grm_plugin.draw_log``).
 
         >>> from grm_plugin.testing import RuleJudgeEngine
         >>> rm = GenerativeRewardFn(RuleJudgeEngine())

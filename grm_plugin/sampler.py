@@ -42,12 +42,11 @@ from .prompt import (
     Message,
     build_judge_messages,
     fit_responses,
-    format_conversation,
     neutralize_control_tokens,
 )
 from .results import FailureKind, Sample
 from .sync_bridge import cancelled_by_caller, with_timeout
-from .templates import JudgeTemplate, Skeleton, fence, load_template
+from .templates import JudgeTemplate, Skeleton, fenced_item, load_template
 
 #: assumed context (tokens) when the engine does not know its own
 DEFAULT_CONTEXT_WINDOW = 32768
@@ -109,38 +108,22 @@ class PromptFrame:
     @classmethod
     def build(
         cls,
-        template: str,
+        template: str | JudgeTemplate,
         prompt: Conversation,
         n: int,
         nonce: str,
         principles: str | None,
         reference: str | None,
     ) -> PromptFrame | None:
-        """The frame of an item with ``n`` responses, or None where filling it could differ
-        from a render (a template file: see ``JudgeTemplate.skeleton``)."""
-        return cls.of(load_template(template), prompt, n, nonce, principles, reference)
-
-    @classmethod
-    def of(
-        cls,
-        loaded: JudgeTemplate,
-        prompt: Conversation,
-        n: int,
-        nonce: str,
-        principles: str | None,
-        reference: str | None,
-    ) -> PromptFrame | None:
-        """``build`` for a loaded template."""
+        """The frame of an item with ``n`` responses (``template``: a name, a file or a loaded
+        template), or None where filling it could differ from a render (a template file: see
+        ``JudgeTemplate.skeleton``)."""
+        loaded = load_template(template) if isinstance(template, str) else template
         skeleton = loaded.skeleton(n, principles, bool(reference)) if loaded.version else None
         if skeleton is None or not nonce:
             return None
-        conversation = neutralize_control_tokens(format_conversation(prompt))
-        return cls(
-            skeleton,
-            fence("CONVERSATION", conversation, nonce),
-            nonce,
-            fence("REFERENCE", neutralize_control_tokens(reference), nonce) if reference else "",
-        )
+        conversation, fenced_reference = fenced_item(prompt, reference, nonce)
+        return cls(skeleton, conversation, nonce, fenced_reference or "")
 
     def fill(self, texts: list[str]) -> list[Message]:
         """The messages showing ``texts`` (in shown order), as the template renders them."""

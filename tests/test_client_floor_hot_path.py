@@ -38,7 +38,7 @@ def test_a_skeleton_is_rendered_once_per_shape(monkeypatch):
 
 def _framed(t: JudgeTemplate, prompt, texts, principles=None, reference=None):
     """The messages a frame of ``t`` gives (None: no frame), beside ``t``'s own render."""
-    frame = PromptFrame.of(t, prompt, len(texts), "abcd1234", principles, reference)
+    frame = PromptFrame.build(t, prompt, len(texts), "abcd1234", principles, reference)
     rendered = t.render(prompt, texts, nonce="abcd1234", principles=principles, reference=reference)
     return (None if frame is None else frame.fill(texts)), rendered
 

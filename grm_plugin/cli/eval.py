@@ -163,6 +163,12 @@ def _count_tokens(rm, draws) -> str:
     return "engine tokenizer" if exact else "estimated (characters / 3)"
 
 
+def _chunk_size(asked: int | None, k: int) -> int:
+    """Items judged at once: as asked, else 64 judgments' worth (enough to keep an engine's
+    batch full, little to lose to a stop)."""
+    return asked or max(1, 64 // k)
+
+
 def _identity(cfg) -> str:
     """The judge a resumable draw belongs to: its whole configuration (engine, sampling with
     its seed and k, template, deadlines), hashed."""
@@ -243,9 +249,13 @@ def run(args: argparse.Namespace) -> int:
         # judged chunk by chunk into OUT, so that the same command run again after a stop
         # judges only the items left (draw_log: the same draw as an unstopped run)
         t0 = time.perf_counter()
-        chunk = args.chunk_size or max(1, 64 // max(ks))
         draws = resumable_draw(
-            rm, items, out, judge=_identity(cfg), chunk_size=chunk, progress=progress
+            rm,
+            items,
+            out,
+            judge=_identity(cfg),
+            chunk_size=_chunk_size(args.chunk_size, max(ks)),
+            progress=progress,
         )
         timing["judge_seconds"] = time.perf_counter() - t0
         timing["judge_seconds_per_item"] = timing["judge_seconds"] / len(items)
@@ -264,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
                 out,
                 judge=_identity(g_cfg),
                 name="greedy_samples",
-                chunk_size=args.chunk_size or 64,
+                chunk_size=_chunk_size(args.chunk_size, 1),
                 progress=progress,
             )
             timing["greedy_seconds"] = time.perf_counter() - t0

@@ -164,6 +164,20 @@ def fence(kind: str, text: str, nonce: str, index: int | None = None) -> str:
     return f"<<<{label} BEGIN {nonce}>>>\n{text}\n<<<{label} END {nonce}>>>"
 
 
+def fenced_item(context: Conversation, reference: str | None, nonce: str) -> tuple[str, str | None]:
+    """An item's conversation and reference (None: none) as every judge prompt carries them:
+    fenced with the item's code, control strings neutralized.
+
+    >>> fenced_item("Hi", None, "abcd1234")[0].splitlines()[1]
+    'Hi'
+    """
+    # every text that reaches the prompt, whoever wrote it (earlier assistant turns, a
+    # dataset's reference, a rubric), goes through _data: a control string in any of them
+    # would end the judge's user turn as surely as one in a response
+    conversation = fence("CONVERSATION", _data(format_conversation(context)), nonce)
+    return conversation, fence("REFERENCE", _data(reference), nonce) if reference else None
+
+
 #: a skeleton's slot numbers of the stand-ins (responses are 0 .. n-1): negative, so that
 #: ``[*responses, reference, fence_code, conversation][slot]`` is each slot's text
 _SLOT_OF = {"C": -1, "N": -2, "R": -3}
@@ -275,11 +289,7 @@ class JudgeTemplate:
         if hint_best is not None and not self.uses_hint:
             raise TemplateError(f"{self.origin}: a hint was asked for, but the template has no "
                                 "{{ hint }} placeholder")  # fmt: skip
-        # every text that reaches the prompt, whoever wrote it (earlier assistant turns, a
-        # dataset's reference, a rubric), goes through _data: a control string in any of them
-        # would end the judge's user turn as surely as one in a response
-        conversation = fence("CONVERSATION", _data(format_conversation(context)), nonce)
-        fenced_reference = fence("REFERENCE", _data(reference), nonce) if reference else None
+        conversation, fenced_reference = fenced_item(context, reference, nonce)
         return self._render(conversation, responses, nonce, principles, fenced_reference, hint_best)
 
     def skeleton(self, n: int, principles: str | None, has_reference: bool) -> Skeleton | None:
