@@ -101,7 +101,7 @@ def test_lora_sft_saves_the_adapter_unmerged_in_bf16_with_its_manifest(
 
 def test_full_fine_tuning_cannot_save_an_adapter() -> None:
     with pytest.raises(ValueError, match="needs lora"):
-        SFTSettings(save="adapter")
+        SFTSettings(lora=None, save="adapter")
     assert SFTSettings().save is None and RLSettings(lora=LoraSettings()).save is None
 
 
@@ -160,7 +160,7 @@ def test_loading_an_adapter_without_peft_says_to_install_it(
 
 def test_a_base_with_an_adapter_merged_in_stays_trainable(both: Path) -> None:
     """peft loads adapters frozen for inference; full fine-tuning from base + adapter (rl
-    --base judge-sft without --lora) must still train every weight."""
+    --base judge-sft --full-weights) must still train every weight."""
     from grm_plugin.spct._train import load_base
 
     model, _ = load_base(str(both / "adapter"), "cpu")

@@ -222,6 +222,53 @@ def test_rl_loss_and_temperature_are_stated_choices_flags_win(
         SPCTConfig.model_validate({"rl": {"loss_type": "ppo"}})
 
 
+def test_lora_is_the_default_and_full_weights_a_flag_or_null(
+    tmp_path: Path, records: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LoRA by default with its own learning rate, no gradient checkpointing; --full-weights or
+    `lora: null` trains every weight at the full-weight rate; --lora and --full-weights clash."""
+    import grm_plugin.spct.sft as sft_module
+    from grm_plugin.spct import RLSettings, SFTSettings
+
+    seen: list = []
+
+    def fake_sft(records, out, settings, **kwargs):  # noqa: ANN001, ANN003
+        seen.append(settings)
+        return {"examples": 0, "steps": 0, "train_seconds": 0, "train_loss": 0.0}
+
+    monkeypatch.setattr(sft_module, "train_sft", fake_sft)
+    argv = ["spct", "sft", str(records), "--out", "o"]
+    assert main(argv) == 0
+    assert seen[-1].lora is not None and seen[-1].resolved_learning_rate() == 1e-4
+    assert seen[-1].gradient_checkpointing is False
+    assert main([*argv, "--full-weights", "--gradient-checkpointing"]) == 0
+    assert seen[-1].lora is None and seen[-1].resolved_learning_rate() == 1e-5
+    assert seen[-1].gradient_checkpointing is True
+    config = tmp_path / "spct.yaml"
+    config.write_text("sft:\n  lora: null\n")
+    assert main([*argv, "--config", str(config)]) == 0
+    assert seen[-1].lora is None
+    assert main([*argv, "--config", str(config), "--lora", "--lr", "3e-3"]) == 0
+    assert seen[-1].lora is not None and seen[-1].resolved_learning_rate() == 3e-3
+    with pytest.raises(SystemExit):
+        main([*argv, "--lora", "--full-weights"])
+    assert (
+        RLSettings().resolved_learning_rate(),
+        RLSettings(lora=None).resolved_learning_rate(),
+    ) == (
+        1e-5,
+        1e-6,
+    )
+    # what the trainer gets: trl would otherwise turn gradient checkpointing on
+    from trl import SFTConfig
+
+    from grm_plugin.spct._train import trl_config
+
+    with pytest.raises(ValueError, match="set by other settings"):
+        trl_config(SFTConfig, {"gradient_checkpointing": False}, {"gradient_checkpointing": True})
+    assert SFTSettings(trl={"warmup_steps": 10}).trl == {"warmup_steps": 10}
+
+
 class _Interrupt(Exception):
     pass
 

@@ -28,6 +28,10 @@ def _overrides(settings, args: argparse.Namespace, flags: dict[str, str]):
             data[key] = value
     if getattr(args, "lora", False) and data.get("lora") is None:
         data["lora"] = {}
+    if getattr(args, "full_weights", False):
+        data["lora"] = None
+    if getattr(args, "gradient_checkpointing", False):
+        data["gradient_checkpointing"] = True
     return type(settings).model_validate(data)
 
 
@@ -96,7 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("records", help="records from `grm-plugin spct collect`")
     s.add_argument("--out", required=True, help="folder to save the fine-tuned judge into")
     s.add_argument("--base", help="model folder, .gguf or hub id (default: the embedded judge)")
-    s.add_argument("--lora", action="store_true", help="train a LoRA adapter")
+    _add_training_kind(s)
     s.add_argument("--save", choices=_SAVE_MODES, help=_SAVE_HELP)
     s.add_argument("--drop-hinted", action="store_true", help="leave hinted records out")
     s.add_argument("--epochs", type=float)
@@ -119,7 +123,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("data", help="labeled items, JSONL (as for collect)")
     r.add_argument("--out", required=True, help="folder to save the trained judge into")
     r.add_argument("--base", help="model folder, e.g. the sft output (default: embedded judge)")
-    r.add_argument("--lora", action="store_true")
+    _add_training_kind(r)
     r.add_argument("--save", choices=_SAVE_MODES, help=_SAVE_HELP)
     r.add_argument("--steps", type=int)
     r.add_argument("--group-size", type=int)
@@ -138,6 +142,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--config", help=_CONFIG_HELP)
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=run_rl)
+
+
+def _add_training_kind(p: argparse.ArgumentParser) -> None:
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--lora", action="store_true", help="train a LoRA adapter (the default)")
+    kind.add_argument(
+        "--full-weights", action="store_true", help="train every weight instead of a LoRA adapter"
+    )
+    p.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute activations in the backward pass: less memory, slower steps",
+    )
 
 
 def _retune(p: argparse.ArgumentParser, samples_help: str) -> None:

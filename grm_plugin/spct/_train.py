@@ -244,7 +244,8 @@ def run_stage(
             config_class,
             dict(
                 output_dir=work.path,
-                learning_rate=settings.learning_rate,
+                learning_rate=settings.resolved_learning_rate(),
+                gradient_checkpointing=settings.gradient_checkpointing,
                 logging_steps=1,
                 report_to="none",
                 seed=settings.seed,

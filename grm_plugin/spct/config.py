@@ -10,7 +10,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -99,15 +99,55 @@ _SAVE_HELP = (
 )
 
 
-class _SavesJudge(_Strict):
+class _TrainsJudge(_Strict):
+    """What ``sft`` and ``rl`` share: LoRA by default, the learning rate that goes with the kind of
+    training, gradient checkpointing, and how the judge is saved.
+
+    LoRA is the default because full fine-tuning of even the 0.5B judge peaks at 11 GiB on a CPU
+    (weights, gradients and Adam state in float32), twice LoRA's, and its steps are slower
+    (``benchmarks/results/spct_train_cost.md``). ``lora: null`` trains every weight.
+    """
+
+    #: the learning rate when none is set: (with LoRA, with every weight trained)
+    DEFAULT_LEARNING_RATES: ClassVar[tuple[float, float]]
+
+    lora: LoraSettings | None = Field(
+        default_factory=LoraSettings,
+        description="the LoRA adapter to train (null: train every weight, full fine-tuning)",
+    )
+    learning_rate: float | None = Field(
+        None, gt=0, description="None: the section's default for LoRA or for full fine-tuning"
+    )
+    # trl turns it on by default; on a CPU the recomputed forward pass costs more time than the
+    # memory it saves is worth for small judges (measured: spct_train_cost.md)
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute activations in the backward pass: less memory, slower steps "
+        "(turn on for large judges on GPUs)",
+    )
+    save: SaveMode | None = Field(None, description=_SAVE_HELP)
+
     @model_validator(mode="after")
-    def _adapter_needs_lora(self) -> _SavesJudge:
-        if self.save in ("adapter", "both") and self.lora is None:  # type: ignore[attr-defined]
+    def _adapter_needs_lora(self) -> _TrainsJudge:
+        if self.save in ("adapter", "both") and self.lora is None:
             raise ValueError(f"save: {self.save} needs lora (full fine-tuning has no adapter)")
         return self
 
+    def resolved_learning_rate(self) -> float:
+        """``learning_rate``, or the default for LoRA or full fine-tuning.
 
-class SFTSettings(_SavesJudge):
+        Example:
+            >>> lora, full = SFTSettings(), SFTSettings(lora=None)
+            >>> lora.resolved_learning_rate(), full.resolved_learning_rate()
+            (0.0001, 1e-05)
+        """
+        if self.learning_rate is not None:
+            return self.learning_rate
+        with_lora, full = self.DEFAULT_LEARNING_RATES
+        return with_lora if self.lora is not None else full
+
+
+class SFTSettings(_TrainsJudge):
     """trl SFTTrainer on collected records; the loss covers the judgment (assistant turn) only."""
 
     base: str | None = Field(
@@ -115,10 +155,8 @@ class SFTSettings(_SavesJudge):
         description="model folder, .gguf file, hub id, or a LoRA adapter folder (merged into "
         "its base in memory) (None: the embedded default judge)",
     )
-    lora: LoraSettings | None = Field(
-        None, description="train a LoRA adapter instead of all weights"
-    )
-    save: SaveMode | None = Field(None, description=_SAVE_HELP)
+    DEFAULT_LEARNING_RATES: ClassVar[tuple[float, float]] = (1e-4, 1e-5)
+
     general_data: str | None = Field(
         None,
         description='general instruction data mixed into RFT: chat JSONL, {"messages": [...]} '
@@ -133,7 +171,6 @@ class SFTSettings(_SavesJudge):
     )
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: epochs)")
-    learning_rate: float = Field(1e-5, gt=0)
     batch_size: int = Field(1, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(2048, ge=64, description="tokens per example (prompt + judgment)")
@@ -153,12 +190,12 @@ class SFTSettings(_SavesJudge):
     trl: dict[str, Any] = Field(
         default_factory=dict,
         description="more trl SFTConfig fields, passed as they are "
-        "(e.g. gradient_checkpointing: false); "
+        "(e.g. warmup_steps: 10); "
         "a field set by another key of this section, or not in SFTConfig, is refused",
     )
 
 
-class RLSettings(_SavesJudge):
+class RLSettings(_TrainsJudge):
     """trl GRPOTrainer on the judge itself with the +1/-1 rule reward."""
 
     base: str | None = Field(
@@ -170,7 +207,7 @@ class RLSettings(_SavesJudge):
     group_size: int = Field(4, ge=2, description="judgments sampled per prompt (the paper: 4)")
     prompts_per_step: int = Field(1, ge=1)
     beta: float = Field(0.08, ge=0.0, description="KL coefficient (the paper: 0.08)")
-    learning_rate: float = Field(1e-6, gt=0)
+    DEFAULT_LEARNING_RATES: ClassVar[tuple[float, float]] = (1e-5, 1e-6)
     # The paper trains with GRPO's own objective (its rule reward + KL 0.08, no format reward);
     # trl 1.16 defaults to loss_type "dapo" (token-level normalization over the batch), so the
     # loss is stated here: "grpo" (per-sequence length normalization, group-std scaled
@@ -185,8 +222,6 @@ class RLSettings(_SavesJudge):
     # the judge's own distribution, the usual on-policy choice and trl's default.
     temperature: float = Field(1.0, gt=0, description="sampling temperature of the judgments")
     max_completion_length: int = Field(512, ge=8)
-    lora: LoraSettings | None = None
-    save: SaveMode | None = Field(None, description=_SAVE_HELP)
     device: str = "cpu"
     save_steps: int = Field(
         0,
