@@ -216,6 +216,9 @@ def test_rl_loss_and_temperature_are_stated_choices_flags_win(
         0.9,
         5,
     )
+    assert seen["rl"].gradient_checkpointing is True
+    assert main([*argv, "--no-gradient-checkpointing"]) == 0
+    assert seen["rl"].gradient_checkpointing is False
     assert main(["spct", "sft", str(records), "--out", "o", "--save-steps", "7"]) == 0
     assert seen["sft"].save_steps == 7
     with pytest.raises(ValueError):
@@ -225,7 +228,8 @@ def test_rl_loss_and_temperature_are_stated_choices_flags_win(
 def test_lora_is_the_default_and_full_weights_a_flag_or_null(
     tmp_path: Path, records: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """LoRA by default with its own learning rate, no gradient checkpointing; --full-weights or
+    """LoRA by default with its own learning rate, gradient checkpointing off for sft (on for
+    rl, whose steps hold a group's logits); --full-weights or
     `lora: null` trains every weight at the full-weight rate; --lora and --full-weights clash."""
     import grm_plugin.spct.sft as sft_module
     from grm_plugin.spct import RLSettings, SFTSettings
@@ -252,6 +256,7 @@ def test_lora_is_the_default_and_full_weights_a_flag_or_null(
     assert seen[-1].lora is not None and seen[-1].resolved_learning_rate() == 3e-3
     with pytest.raises(SystemExit):
         main([*argv, "--lora", "--full-weights"])
+    assert RLSettings().gradient_checkpointing is True
     assert (
         RLSettings().resolved_learning_rate(),
         RLSettings(lora=None).resolved_learning_rate(),

@@ -30,8 +30,8 @@ def _overrides(settings, args: argparse.Namespace, flags: dict[str, str]):
         data["lora"] = {}
     if getattr(args, "full_weights", False):
         data["lora"] = None
-    if getattr(args, "gradient_checkpointing", False):
-        data["gradient_checkpointing"] = True
+    if getattr(args, "gradient_checkpointing", None) is not None:
+        data["gradient_checkpointing"] = args.gradient_checkpointing
     return type(settings).model_validate(data)
 
 
@@ -152,8 +152,9 @@ def _add_training_kind(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--gradient-checkpointing",
-        action="store_true",
-        help="recompute activations in the backward pass: less memory, slower steps",
+        action=argparse.BooleanOptionalAction,
+        help="recompute activations in the backward pass: less memory, slower steps "
+        "(default: off for sft, on for rl)",
     )
 
 

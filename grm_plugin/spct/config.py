@@ -103,6 +103,9 @@ class _TrainsJudge(_Strict):
     """What ``sft`` and ``rl`` share: LoRA by default, the learning rate that goes with the kind of
     training, gradient checkpointing, and how the judge is saved.
 
+    ``gradient_checkpointing`` (recompute activations in the backward pass: less memory, slower
+    steps) is each section's own default.
+
     LoRA is the default because full fine-tuning of even the 0.5B judge peaks at 11 GiB on a CPU
     (weights, gradients and Adam state in float32), twice LoRA's, and its steps are slower
     (``benchmarks/results/spct_train_cost.md``). ``lora: null`` trains every weight.
@@ -117,13 +120,6 @@ class _TrainsJudge(_Strict):
     )
     learning_rate: float | None = Field(
         None, gt=0, description="None: the section's default for LoRA or for full fine-tuning"
-    )
-    # trl turns it on by default; on a CPU the recomputed forward pass costs more time than the
-    # memory it saves is worth for small judges (measured: spct_train_cost.md)
-    gradient_checkpointing: bool = Field(
-        False,
-        description="recompute activations in the backward pass: less memory, slower steps "
-        "(turn on for large judges on GPUs)",
     )
     save: SaveMode | None = Field(None, description=_SAVE_HELP)
 
@@ -174,6 +170,11 @@ class SFTSettings(_TrainsJudge):
     batch_size: int = Field(1, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(2048, ge=64, description="tokens per example (prompt + judgment)")
+    # off, unlike trl: one example per step fits easily, and recomputing the forward pass made
+    # the 0.5B judge's steps 1.2x slower for 1.9 GiB less (spct_train_cost.md)
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, slower steps"
+    )
     hinted: Literal["as_seen", "drop"] = Field(
         "as_seen",
         description="records from the hinted retry: train on them with the hinted prompt they "
@@ -222,6 +223,11 @@ class RLSettings(_TrainsJudge):
     # the judge's own distribution, the usual on-policy choice and trl's default.
     temperature: float = Field(1.0, gt=0, description="sampling temperature of the judgments")
     max_completion_length: int = Field(512, ge=8)
+    # on, as in trl: a step holds group_size prompts plus judgments and their logits over the
+    # whole vocabulary; without it even LoRA RL of the 0.5B judge passed 18 GiB (spct_train_cost.md)
+    gradient_checkpointing: bool = Field(
+        True, description="recompute activations in the backward pass: less memory, slower steps"
+    )
     device: str = "cpu"
     save_steps: int = Field(
         0,
