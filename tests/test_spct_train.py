@@ -264,7 +264,7 @@ def test_lora_is_the_default_and_full_weights_a_flag_or_null(
         1e-5,
         1e-6,
     )
-    # what the trainer gets: trl would otherwise turn gradient checkpointing on
+    # gradient checkpointing is one of ours: `trl: {gradient_checkpointing: ...}` is refused
     from trl import SFTConfig
 
     from grm_plugin.spct._train import trl_config

@@ -30,8 +30,6 @@ def _overrides(settings, args: argparse.Namespace, flags: dict[str, str]):
         data["lora"] = {}
     if getattr(args, "full_weights", False):
         data["lora"] = None
-    if getattr(args, "gradient_checkpointing", None) is not None:
-        data["gradient_checkpointing"] = args.gradient_checkpointing
     return type(settings).model_validate(data)
 
 
@@ -265,6 +263,7 @@ def run_sft(args: argparse.Namespace) -> int:
             "max_length": "max_length",
             "device": "device",
             "save_steps": "save_steps",
+            "gradient_checkpointing": "gradient_checkpointing",
         },
     )
     if args.drop_hinted:
@@ -298,6 +297,7 @@ def run_rl(args: argparse.Namespace) -> int:
             "max_completion_length": "max_completion_length",
             "device": "device",
             "save_steps": "save_steps",
+            "gradient_checkpointing": "gradient_checkpointing",
         },
     )
     items, report = read_items(args.data, args.limit)
