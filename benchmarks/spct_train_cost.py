@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -118,11 +119,12 @@ READING = (
 )
 
 
-def markdown(rows: list[dict[str, Any]], command: str) -> str:
+def markdown(rows: list[dict[str, Any]]) -> str:
+    commands = list(dict.fromkeys(r.get("command", "(not recorded)") for r in rows))
     lines = [
         "# `spct sft` / `spct rl` cost per step, embedded 0.5B judge, this CPU (one torch thread)",
         "",
-        f"`{command}`",
+        *(f"- `{c}`" for c in commands),
         "",
         READING,
         "",
@@ -169,10 +171,10 @@ def main() -> None:
         steps = args.sft_steps if CASES[args.case][0] == "sft" else args.rl_steps
         print(json.dumps(run_case(args.case, steps, args.records, args.items, args.work)))
         return
-    command = "python benchmarks/spct_train_cost.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/spct_train_cost.py " + shlex.join(sys.argv[1:])
     if args.markdown_only:
         rows = json.loads(args.out.with_suffix(".json").read_text())
-        args.out.with_suffix(".md").write_text(markdown(rows, "(see the runs below)"))
+        args.out.with_suffix(".md").write_text(markdown(rows))
         return
     old = args.out.with_suffix(".json")
     kept = {r["case"]: r for r in json.loads(old.read_text())} if args.only and old.exists() else {}
@@ -200,11 +202,13 @@ def main() -> None:
         else:  # e.g. killed by the kernel for memory (-9): a result too, not a crash
             print(done.stderr[-3000:], file=sys.stderr)
             kept[name] = {"case": name, "stage": CASES[name][0], "failed": done.returncode}
+        kept[name]["command"] = command  # rows merged from several --only runs keep their own
         print(json.dumps(kept[name]), flush=True)
         rows = [kept[c] for c in CASES if c in kept]
         old.write_text(json.dumps(rows, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(rows, command))
-    print(markdown(rows, command))
+    text = markdown(rows)
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
