@@ -122,6 +122,14 @@ class _TrainsJudge(_Strict):
         None, gt=0, description="None: the section's default for LoRA or for full fine-tuning"
     )
     save: SaveMode | None = Field(None, description=_SAVE_HELP)
+    device: str = Field("cpu", description="'cpu' or 'cuda'")
+    save_steps: int = Field(
+        0,
+        ge=0,
+        description="trainer checkpoint every N steps in <out>.checkpoints, resumed by a rerun "
+        "(0: none)",
+    )
+    seed: int = 0
 
     @model_validator(mode="after")
     def _adapter_needs_lora(self) -> _TrainsJudge:
@@ -180,14 +188,6 @@ class SFTSettings(_TrainsJudge):
         description="records from the hinted retry: train on them with the hinted prompt they "
         "were sampled with, or leave them out",
     )
-    device: str = Field("cpu", description="'cpu' or 'cuda'")
-    save_steps: int = Field(
-        0,
-        ge=0,
-        description="trainer checkpoint every N steps in <out>.checkpoints, resumed by a rerun "
-        "(0: none)",
-    )
-    seed: int = 0
     trl: dict[str, Any] = Field(
         default_factory=dict,
         description="more trl SFTConfig fields, passed as they are "
@@ -228,14 +228,6 @@ class RLSettings(_TrainsJudge):
     gradient_checkpointing: bool = Field(
         True, description="recompute activations in the backward pass: less memory, slower steps"
     )
-    device: str = "cpu"
-    save_steps: int = Field(
-        0,
-        ge=0,
-        description="trainer checkpoint every N steps in <out>.checkpoints, resumed by a rerun "
-        "(0: none)",
-    )
-    seed: int = 0
     trl: dict[str, Any] = Field(
         default_factory=dict,
         description="more trl GRPOConfig fields, passed as they are "
