@@ -98,18 +98,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("records", help="records from `grm-plugin spct collect`")
     s.add_argument("--out", required=True, help="folder to save the fine-tuned judge into")
     s.add_argument("--base", help="model folder, .gguf or hub id (default: the embedded judge)")
-    _add_training_kind(s)
-    s.add_argument("--save", choices=_SAVE_MODES, help=_SAVE_HELP)
+    _add_training_args(s)
     s.add_argument("--drop-hinted", action="store_true", help="leave hinted records out")
     s.add_argument("--epochs", type=float)
     s.add_argument("--max-steps", type=int)
-    s.add_argument("--lr", type=float)
     s.add_argument("--batch-size", type=int)
     s.add_argument("--max-length", type=int)
-    s.add_argument("--device")
-    s.add_argument("--save-steps", type=int, help="checkpoint every N steps; a rerun resumes")
-    s.add_argument("--config", help=_CONFIG_HELP)
-    s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=run_sft)
 
     r = steps.add_parser(
@@ -121,12 +115,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("data", help="labeled items, JSONL (as for collect)")
     r.add_argument("--out", required=True, help="folder to save the trained judge into")
     r.add_argument("--base", help="model folder, e.g. the sft output (default: embedded judge)")
-    _add_training_kind(r)
-    r.add_argument("--save", choices=_SAVE_MODES, help=_SAVE_HELP)
+    _add_training_args(r)
     r.add_argument("--steps", type=int)
     r.add_argument("--group-size", type=int)
     r.add_argument("--beta", type=float, help="KL coefficient (default 0.08)")
-    r.add_argument("--lr", type=float)
     r.add_argument("--temperature", type=float, help="judgment sampling temperature (1.0)")
     r.add_argument(
         "--loss-type",
@@ -134,15 +126,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="trl loss (default grpo, the paper's; trl's own default is dapo)",
     )
     r.add_argument("--max-completion-length", type=int)
-    r.add_argument("--device")
-    r.add_argument("--save-steps", type=int, help="checkpoint every N steps; a rerun resumes")
     r.add_argument("--limit", type=int)
-    r.add_argument("--config", help=_CONFIG_HELP)
-    r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=run_rl)
 
 
-def _add_training_kind(p: argparse.ArgumentParser) -> None:
+# flag -> config key, for --base and the options of _add_training_args
+_TRAINING_FLAGS = {
+    "base": "base",
+    "save": "save",
+    "lr": "learning_rate",
+    "device": "device",
+    "save_steps": "save_steps",
+    "gradient_checkpointing": "gradient_checkpointing",
+}
+
+
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    """The options sft and rl share; each maps to the same key of its config section."""
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--lora", action="store_true", help="train a LoRA adapter (the default)")
     kind.add_argument(
@@ -154,6 +154,12 @@ def _add_training_kind(p: argparse.ArgumentParser) -> None:
         help="recompute activations in the backward pass: less memory, slower steps "
         "(default: off for sft, on for rl)",
     )
+    p.add_argument("--save", choices=_SAVE_MODES, help=_SAVE_HELP)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--device")
+    p.add_argument("--save-steps", type=int, help="checkpoint every N steps; a rerun resumes")
+    p.add_argument("--config", help=_CONFIG_HELP)
+    p.add_argument("--no-progress", action="store_true")
 
 
 def _retune(p: argparse.ArgumentParser, samples_help: str) -> None:
@@ -254,16 +260,11 @@ def run_sft(args: argparse.Namespace) -> int:
         _load(args).sft,
         args,
         {
-            "base": "base",
-            "save": "save",
+            **_TRAINING_FLAGS,
             "epochs": "epochs",
             "max_steps": "max_steps",
-            "lr": "learning_rate",
             "batch_size": "batch_size",
             "max_length": "max_length",
-            "device": "device",
-            "save_steps": "save_steps",
-            "gradient_checkpointing": "gradient_checkpointing",
         },
     )
     if args.drop_hinted:
@@ -286,18 +287,13 @@ def run_rl(args: argparse.Namespace) -> int:
         spct.rl,
         args,
         {
-            "base": "base",
-            "save": "save",
+            **_TRAINING_FLAGS,
             "steps": "steps",
             "group_size": "group_size",
             "beta": "beta",
-            "lr": "learning_rate",
             "temperature": "temperature",
             "loss_type": "loss_type",
             "max_completion_length": "max_completion_length",
-            "device": "device",
-            "save_steps": "save_steps",
-            "gradient_checkpointing": "gradient_checkpointing",
         },
     )
     items, report = read_items(args.data, args.limit)
