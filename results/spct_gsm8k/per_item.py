@@ -8,7 +8,8 @@ of every stage that has them and writes:
   no parsed sample, is wrong). k = 1, 2, 4, 8 on the ``k8`` shards (voting over the first k
   samples of one draw of 8), k = 1 on every shard.
 - ``summary.json`` / ``summary.md``: per stage and k, strict accuracy with a Wilson 95% interval,
-  tie rate, no-vote rate, sample parse-failure rate, and tie-broken accuracy (labeled as such);
+  tie rate, no-vote rate, sample parse-failure rate, tie-broken accuracy (labeled as such) and
+  strict accuracy on the items with a vote (judging apart from writing a parsable score);
   exact McNemar tests between stages on the same items; the preference items at k = 1.
 - ``accuracy_vs_k.png``: strict accuracy against k, one line per stage, on the k8 items.
 
@@ -114,6 +115,11 @@ def main() -> None:
                 "parse_failure_rate": sum(o["parse_failures"] for o in outs)
                 / max(1, sum(o["samples"] for o in outs)),
                 "tie_broken_accuracy": sum(o["tie_broken"] for o in outs) / n,
+                # strict accuracy on the items with a vote: whether a stage judges better, apart
+                # from whether it writes a parsable score (which dominates the base judge's misses)
+                "accuracy_when_voted": c / voted
+                if (voted := sum(not o["no_vote"] for o in outs))
+                else None,
             }
         )
     tests = []
@@ -150,15 +156,15 @@ def main() -> None:
     (HERE / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [
         "| stage | k | n | strict accuracy | 95% CI | ties | no vote | parse failures "
-        "(samples) | tie-broken accuracy |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "(samples) | tie-broken accuracy | strict accuracy when voted |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in table:
         lines.append(
             f"| {t['stage']} | {t['k']} | {t['n']} | {t['accuracy']:.1%} | "
             f"{t['ci95'][0]:.1%}-{t['ci95'][1]:.1%} | {t['tie_rate']:.1%} | "
             f"{t['no_vote_rate']:.1%} | {t['parse_failure_rate']:.1%} | "
-            f"{t['tie_broken_accuracy']:.1%} |"
+            f"{t['tie_broken_accuracy']:.1%} | {_pct(t['accuracy_when_voted'])} |"
         )
     lines += [
         "",
@@ -173,6 +179,10 @@ def main() -> None:
     (HERE / "summary.md").write_text("\n".join(lines) + "\n")
     plot(correct)
     print("\n".join(lines))
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
 
 
 def plot(correct: dict[tuple[str, int], dict[str, bool]]) -> None:
