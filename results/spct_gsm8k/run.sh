@@ -3,7 +3,8 @@
 #
 #   results/spct_gsm8k/run.sh            # all stages; rerun after any stop to resume
 #   results/spct_gsm8k/run.sh collect    # one stage (split make-pairs collect sft rl adapter
-#                                        #   eval-base eval-rft eval-rl report)
+#                                        #   eval-base eval-rft eval-rl report; train-ids
+#                                        #   rewrites train_ids.txt)
 #   TIME_LIMIT=3h results/spct_gsm8k/run.sh   # stop after 3 hours (a "piece"); rerun resumes
 #
 # Resume units: make-pairs and collect per problem / item (their progress logs), sft and rl from
@@ -49,12 +50,22 @@ make_pairs() {  # resumes per problem; a finished run starts no server
     PORT=8091 $R/llama_server.sh stop
     trap - EXIT
   fi
-  # every id used in training (collect and rl both read train.jsonl), checked against held-out
+  train_ids
+}
+
+train_ids() {  # every id used in training, checked against the held-out ids
+  # collect and rl read train.jsonl; rft.jsonl is read too, because collect can have judged an
+  # item that a resumed make-pairs then dropped (a problem stopped between its two writes)
   python - "$R" <<'EOF'
 import json, sys
 from pathlib import Path
 r = Path(sys.argv[1])
-ids = [json.loads(ln)["id"] for ln in (r / "train.jsonl").read_text().splitlines() if ln.strip()]
+ids = {}
+for name in ("train.jsonl", "rft.jsonl"):
+    if (r / name).is_file():
+        for ln in (r / name).read_text().splitlines():
+            if ln.strip():
+                ids.setdefault(json.loads(ln)["id"], None)
 held = set((r / "data" / "heldout_ids.txt").read_text().split())
 assert not held & set(ids), "a held-out id is in the training items"
 (r / "train_ids.txt").write_text("".join(i + "\n" for i in ids))
@@ -65,6 +76,7 @@ EOF
 collect() {  # resumes per item
   step collect grm-plugin spct collect $R/train.jsonl --out $R/rft.jsonl --config $CFG \
     --no-progress
+  train_ids
 }
 
 sft() {  # resumes from the last checkpoint in models/judge-rft.checkpoints
@@ -122,6 +134,7 @@ for s in "${stages[@]}"; do
   case $s in
     split) split ;;
     make-pairs) make_pairs ;;
+    train-ids) train_ids ;;
     collect) collect ;;
     sft) sft ;;
     rl) rl ;;
