@@ -390,19 +390,40 @@ def test_spct_collect_hack_negatives(grm_judge_server_factory, tmp_path: Path) -
 
 
 def test_the_committed_run_script_parses() -> None:
-    """results/audit/run.sh runs these commands exactly; a renamed flag fails here."""
+    """results/audit/run.sh runs these commands exactly; a renamed flag fails here, and so does a
+    judge config the audits name that does not load."""
+    import re
     import shlex
 
     from grm_plugin.cli.main import build_parser
+    from grm_plugin.config import JudgeConfig
 
-    script = Path(__file__).resolve().parents[1] / "results" / "audit" / "run.sh"
+    root = Path(__file__).resolve().parents[1]
+    script = root / "results" / "audit" / "run.sh"
     if not script.is_file():
         pytest.skip("no results/audit/run.sh in this checkout")
-    lines = [ln.strip() for ln in script.read_text().splitlines()]
-    lines = [ln for ln in lines if ln.startswith("audit --out")]
-    assert lines
-    for line in lines:
+    text = script.read_text().replace("\\\n", " ")
+    names = dict(re.findall(r"^([A-Z_]+)=(\S+)$", text, flags=re.M))
+    names["OUT"] = "results/audit"
+
+    def expand(line: str) -> list[str]:
         line = line.replace('"${COMMON[@]}"', "--limit-prompts 5 --seed 0")
-        line = line.replace("$OUT", "results/audit")
-        args = build_parser().parse_args(["audit", *shlex.split(line)[1:]])
+        line = line.replace('"$1"', "records.jsonl").replace('"$2"', "out").replace("$2", "out")
+        for _ in range(3):  # names defined in terms of others ($HN=$OUT/...)
+            line = re.sub(r"\$([A-Z_]+)", lambda m: names.get(m.group(1), m.group(0)), line)
+        assert "$" not in line, line
+        # the command itself, without the guard before it or the fallback after it
+        (command,) = [c for c in line.split(" || ") if "grm-plugin" in c or c.startswith("audit")]
+        return shlex.split(command)
+
+    lines = [ln.strip() for ln in text.splitlines()]
+    audits = [expand(ln) for ln in lines if ln.startswith("audit --out")]
+    spct = [expand(ln) for ln in lines if ln.startswith(("grm-plugin spct", "[[ -f"))]
+    assert audits and spct
+    for argv in audits:
+        args = build_parser().parse_args(["audit", *argv[1:]])
         assert args.limit_prompts == 5 and args.out.startswith("results/audit/")
+        if args.config:
+            JudgeConfig.load(root / args.config)
+    for argv in spct:
+        build_parser().parse_args(argv[1:])

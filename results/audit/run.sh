@@ -37,9 +37,46 @@ defenses() {
     audit --out "$OUT/reference_guided" "${COMMON[@]}" --reference-guided
 }
 
+# The third defense, SPCT with hack negatives, and its control: two judges fine-tuned the same way
+# (results/spct_gsm8k/spct.yaml: its judge and collect settings, LoRA SFT) on the same first
+# HN_ITEMS GSM8K training items of that experiment, differing only in the items' candidates:
+#   hack-negatives: collect --hack-negatives (a master key and a self-praise response added to
+#                   each item as wrong candidates), then SFT, then the whole audit;
+#   plain:          the records the SPCT experiment's own collect made for the same items (no
+#                   hacks added), then SFT, then the families the defense is aimed at.
+# Both judges are the embedded judge with their LoRA adapter (judge_*.yaml), audited with the
+# baseline's settings. None of these items is an audit prompt (GSM8K training problems).
+HN=$OUT/hack_negatives
+SPCT_CFG=results/spct_gsm8k/spct.yaml
+TRAIN=results/spct_gsm8k/train.jsonl
+HN_ITEMS=48
+
+sft_once() {  # sft_once RECORDS OUT: resumes from its checkpoints; skipped once trained
+    [[ -f $2/spct_train.json ]] || grm-plugin spct sft "$1" --out "$2" --config $SPCT_CFG \
+        --no-progress
+}
+
+hack_negatives() {
+    grm-plugin spct collect $TRAIN --limit $HN_ITEMS --hack-negatives --out $HN/rft.jsonl \
+        --config $SPCT_CFG --no-progress || return 1
+    sft_once $HN/rft.jsonl $HN/models/judge-hack-negatives || return 1
+    audit --out "$OUT/hack_negatives/audit" "${COMMON[@]}" --config "$OUT/hack_negatives/judge_hack_negatives.yaml" --family master_key
+    audit --out "$OUT/hack_negatives/audit" "${COMMON[@]}" --config "$OUT/hack_negatives/judge_hack_negatives.yaml"
+}
+
+plain() {
+    # the SPCT experiment's records of the same items; its collect must have judged them all
+    python results/audit/hack_negatives/plain_records.py --items $HN_ITEMS --train $TRAIN \
+        --records results/spct_gsm8k/rft.jsonl --out $HN/rft_plain.jsonl || return 1
+    sft_once $HN/rft_plain.jsonl $HN/models/judge-plain || return 1
+    audit --out "$OUT/hack_negatives/audit_plain" "${COMMON[@]}" --config "$OUT/hack_negatives/judge_plain.yaml" --family master_key --family self_praise
+}
+
 case "${1:-all}" in
     baseline) baseline ;;
     defenses) defenses ;;
-    all) baseline; defenses ;;
-    *) echo "usage: run.sh [baseline|defenses|all]" >&2; exit 2 ;;
+    hack-negatives) hack_negatives ;;
+    plain) plain ;;
+    all) baseline; defenses; hack_negatives; plain ;;
+    *) echo "usage: run.sh [baseline|defenses|hack-negatives|plain|all]" >&2; exit 2 ;;
 esac
