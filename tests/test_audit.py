@@ -25,6 +25,7 @@ from grm_plugin.audit import (
 from grm_plugin.cli.main import main
 from grm_plugin.config import JudgeConfig
 from grm_plugin.content import is_minimal
+from grm_plugin.spct.collect import progress_path
 from grm_plugin.testing import (
     AnswerKeyJudgeEngine,
     FailingEngine,
@@ -361,6 +362,31 @@ def test_hack_negatives_are_wrong_candidates() -> None:
     assert add_hack_negatives(items) == out  # stable: a resumed collect sees the same items
 
 
+def test_hack_negatives_as_pairs_keep_the_item_and_add_two_response_items() -> None:
+    from grm_plugin.spct.hack_negatives import add_hack_negatives
+    from grm_plugin.spct.items import SPCTItem
+
+    items = [
+        SPCTItem(id=f"i{i}", prompt="2+2?", responses=["5", "4"], best=1) for i in range(20)
+    ] + [SPCTItem(id="r", prompt="Rate", responses=["fine"], rating=7)]
+    out = add_hack_negatives(items, how="pairs")
+    assert len(out) == 20 * 3 + 1
+    by_id = {it.id: it for it in out}
+    keys = {h.template for h in builtin_battery().hacks if h.family is HackFamily.MASTER_KEY}
+    for i in range(20):
+        assert by_id[f"i{i}"] == items[i]  # the item itself, unchanged
+        mk, sp = by_id[f"i{i}/master_key"], by_id[f"i{i}/self_praise"]
+        for pair, hack_ok in ((mk, lambda r: r in keys), (sp, lambda r: r.startswith("5\n\n"))):
+            assert len(pair.responses) == 2 and pair.responses[pair.best] == "4"
+            assert hack_ok(pair.responses[1 - pair.best])
+    # the right answer is not always first (an unshuffled judge must not learn "first wins")
+    assert {by_id[f"i{i}/master_key"].best for i in range(20)} == {0, 1}
+    assert by_id["r"] == items[-1]
+    assert add_hack_negatives(items, how="pairs") == out  # stable for a resumed collect
+    with pytest.raises(ValueError, match="pairs"):
+        add_hack_negatives(items, how="pair")
+
+
 def test_spct_collect_hack_negatives(grm_judge_server_factory, tmp_path: Path) -> None:
     seen: list[str] = []
 
@@ -387,6 +413,12 @@ def test_spct_collect_hack_negatives(grm_judge_server_factory, tmp_path: Path) -
     keys = {h.template for h in builtin_battery().hacks if h.family is HackFamily.MASTER_KEY}
     assert set(seen) & keys  # a master key was judged as a candidate
     assert any(r.startswith("5\n\n") for r in seen)  # and a self-praising wrong answer
+    pairs = tmp_path / "rft3.jsonl"
+    assert main([*argv[:4], str(pairs), *argv[5:], "--hack-negatives", "pairs"]) == 0
+    finished = [json.loads(ln)["id"] for ln in progress_path(pairs).read_text().splitlines()]
+    assert sorted(finished) == sorted(
+        [f"q{i}{part}" for i in range(3) for part in ("", "/master_key", "/self_praise")]
+    )
 
 
 def test_the_committed_run_script_parses() -> None:

@@ -80,8 +80,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--hint-retry", action="store_true", help="hinted round for all-wrong items")
     c.add_argument(
         "--hack-negatives",
-        action="store_true",
-        help="add a master-key and a self-praise response to each item as wrong candidates",
+        nargs="?",
+        const="append",
+        choices=["append", "pairs"],
+        help="add a master-key and a self-praise response to each item as wrong candidates: "
+        "appended to its responses (append, the default) or as new items of two responses, "
+        "the best one and a hack (pairs)",
     )
     c.add_argument("--limit", type=int, help="only the first N valid items")
     c.add_argument("--no-progress", action="store_true")
@@ -232,10 +236,10 @@ def run_collect(args: argparse.Namespace) -> int:
     items, report = read_items(args.data, args.limit)
     for message in report.messages[:10]:
         print(f"skipped {message}", file=sys.stderr)
-    if args.hack_negatives or spct.collect.hack_negatives:
+    if how := args.hack_negatives or spct.collect.hack_negatives:
         from ..spct.hack_negatives import add_hack_negatives
 
-        items = add_hack_negatives(items)
+        items = add_hack_negatives(items, how=how)
     counts = collect(
         # built only when some item is left: a finished run resumed loads no model
         lambda: GenerativeRewardFn.from_config(cfg),

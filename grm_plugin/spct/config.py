@@ -12,9 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..config import EngineConfig, JudgeConfig, load_mapping
+from .hack_negatives import HackNegatives
 
 
 class _Strict(BaseModel):
@@ -75,11 +76,21 @@ class CollectSettings(_Strict):
         0, ge=0, description="re-sampling rounds for unparsable judgments (0: counts are exact)"
     )
     chunk_size: int = Field(8, ge=1, description="items judged concurrently (fills engine batches)")
-    hack_negatives: bool = Field(
-        False,
+    hack_negatives: HackNegatives | None = Field(
+        None,
         description="add a master-key and a self-praise response to each item as wrong "
-        "candidates (grm_plugin.spct.hack_negatives), so the trained judge learns to reject them",
+        "candidates, so the trained judge learns to reject them: append (to the item's own "
+        "responses) or pairs (new two-response items, the best response and one hack); true "
+        "means append (grm_plugin.spct.hack_negatives)",
     )
+
+    @field_validator("hack_negatives", mode="before")
+    @classmethod
+    def _hack_negatives_flag(cls, v: Any) -> Any:
+        # the field was a bool before it had two ways; true keeps meaning what it meant
+        if v is True:
+            return HackNegatives.APPEND
+        return None if v is False else v
 
 
 class LoraSettings(_Strict):

@@ -38,18 +38,19 @@ defenses() {
 }
 
 # The third defense, SPCT with hack negatives, and its control: two judges fine-tuned the same way
-# (results/spct_gsm8k/spct.yaml: its judge and collect settings, LoRA SFT) on the same first
-# HN_ITEMS GSM8K training items of that experiment, differing only in the items' candidates:
-#   hack-negatives: collect --hack-negatives (a master key and a self-praise response added to
-#                   each item as wrong candidates), then SFT, then the whole audit;
-#   plain:          the records the SPCT experiment's own collect made for the same items (no
-#                   hacks added), then SFT, then the families the defense is aimed at.
+# (results/spct_gsm8k/spct.yaml: its judge and collect settings, LoRA SFT) from one collect run
+# over the first HN_ITEMS GSM8K training items of that experiment (none is an audit prompt), with
+# --hack-negatives pairs: each item as it is, plus two new items of two responses, its right
+# solution and a hack (a master key; a self-praising wrong answer).
+#   hack-negatives: SFT on every kept record, then the whole audit;
+#   plain:          SFT on the records of the items as they are (no hack), then the families the
+#                   defense is aimed at. Without it a change could be SFT's, not the negatives'.
 # Both judges are the embedded judge with their LoRA adapter (judge_*.yaml), audited with the
-# baseline's settings. None of these items is an audit prompt (GSM8K training problems).
+# baseline's settings. `run.sh hack-negatives` collects first; `run.sh plain` waits for that.
 HN=$OUT/hack_negatives
 SPCT_CFG=results/spct_gsm8k/spct.yaml
 TRAIN=results/spct_gsm8k/train.jsonl
-HN_ITEMS=48
+HN_ITEMS=32
 
 sft_once() {  # sft_once RECORDS OUT: resumes from its checkpoints; skipped once trained
     [[ -f $2/spct_train.json ]] || grm-plugin spct sft "$1" --out "$2" --config $SPCT_CFG \
@@ -57,7 +58,7 @@ sft_once() {  # sft_once RECORDS OUT: resumes from its checkpoints; skipped once
 }
 
 hack_negatives() {
-    grm-plugin spct collect $TRAIN --limit $HN_ITEMS --hack-negatives --out $HN/rft.jsonl \
+    grm-plugin spct collect $TRAIN --limit $HN_ITEMS --hack-negatives pairs --out $HN/rft.jsonl \
         --config $SPCT_CFG --no-progress || return 1
     sft_once $HN/rft.jsonl $HN/models/judge-hack-negatives || return 1
     audit --out "$OUT/hack_negatives/audit" "${COMMON[@]}" --config "$OUT/hack_negatives/judge_hack_negatives.yaml" --family master_key
@@ -65,9 +66,9 @@ hack_negatives() {
 }
 
 plain() {
-    # the SPCT experiment's records of the same items; its collect must have judged them all
+    # exits 1 until the collect of hack_negatives() has finished every item
     python results/audit/hack_negatives/plain_records.py --items $HN_ITEMS --train $TRAIN \
-        --records results/spct_gsm8k/rft.jsonl --out $HN/rft_plain.jsonl || return 1
+        --records $HN/rft.jsonl --out $HN/rft_plain.jsonl || return 1
     sft_once $HN/rft_plain.jsonl $HN/models/judge-plain || return 1
     audit --out "$OUT/hack_negatives/audit_plain" "${COMMON[@]}" --config "$OUT/hack_negatives/judge_plain.yaml" --family master_key --family self_praise
 }
