@@ -419,6 +419,33 @@ def test_spct_collect_hack_negatives(grm_judge_server_factory, tmp_path: Path) -
     assert sorted(finished) == sorted(
         [f"q{i}{part}" for i in range(3) for part in ("", "/master_key", "/self_praise")]
     )
+    _check_plain_records(data, pairs, tmp_path)
+
+
+def _check_plain_records(items: Path, records: Path, tmp_path: Path) -> None:
+    """results/audit's control arm takes, from a collect with pairs, the records of the items
+    as they are; it reads the files as a resumed collect does and waits for the collect's end."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "results/audit/hack_negatives/plain_records.py"
+    if not script.is_file():
+        pytest.skip("no results/audit in this checkout")
+    spec = importlib.util.spec_from_file_location("plain_records", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "plain.jsonl"
+    argv = ["--items", "3", "--train", str(items), "--records", str(records), "--out", str(out)]
+    ids = [json.loads(ln)["id"] for ln in records.read_text().splitlines()]
+    print("IDS", ids)
+    with records.open("a") as f:
+        f.write('{"id": "q0", "prom')  # a kill while writing: dropped, not an error
+    assert module.main(argv) == 0
+    kept = [json.loads(ln)["id"] for ln in out.read_text().splitlines()]
+    assert kept and kept == [i for i in ids if "/" not in i]
+    log = progress_path(records)
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:-1]))
+    out.unlink()
+    assert module.main(argv) == 1 and not out.exists()  # an item not finished: nothing written
 
 
 def test_the_committed_run_script_parses() -> None:

@@ -13,13 +13,13 @@ progress log lists the items it finished, kept or not).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from grm_plugin.spct.collect import progress_path
+from grm_plugin.spct.collect import ItemOutcome, RFTRecord
 from grm_plugin.spct.hack_negatives import add_hack_negatives
 from grm_plugin.spct.items import read_items
+from grm_plugin.spct.progress import resume
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,19 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     items, _ = read_items(args.train, args.items)
     plain = {it.id for it in items}
     judged = {it.id for it in add_hack_negatives(items, how="pairs")}
-    log = progress_path(args.records)
-    finished = (
-        {json.loads(ln)["id"] for ln in log.read_text().splitlines() if ln.strip()}
-        if log.is_file()
-        else set()
+    # resume reads both files as collect does: a line cut by a kill is dropped, and records of
+    # an item the log does not list (stopped between the two writes) are not counted
+    finished, records = resume(
+        Path(args.records), ItemOutcome.model_validate_json, RFTRecord.model_validate_json
     )
-    if missing := judged - finished:
+    if missing := judged - finished.keys():
         print(f"{len(missing)} of {len(judged)} items not collected yet in {args.records}")
         return 1
-    lines = [ln for ln in Path(args.records).read_text().splitlines() if ln.strip()]
-    kept = [ln for ln in lines if json.loads(ln)["id"] in plain]
-    Path(args.out).write_text("".join(ln + "\n" for ln in kept))
-    print(f"{args.out}: {len(kept)} of {len(lines)} records, those of the {len(plain)} items")
+    kept = [r for r in records if r.id in plain]
+    Path(args.out).write_text("".join(r.model_dump_json() + "\n" for r in kept))
+    print(f"{args.out}: {len(kept)} of {len(records)} records, those of the {len(plain)} items")
     return 0
 
 
