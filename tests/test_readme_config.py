@@ -33,3 +33,19 @@ def test_readme_judge_yaml_loads(tmp_path):
         engine = _DistributionRuleJudge() if cfg.sampling.expected_scores else RuleJudgeEngine()
         rm = GenerativeRewardFn.from_config(path, engine=engine)
         assert rm.deadline == cfg.deadline
+
+
+def test_readme_spct_config_keys_are_real() -> None:
+    """Every `section.key` or `section.key: value` the README's SPCT prose names is a key of
+    the spct.yaml sections, and a value shown with it validates."""
+    from grm_plugin.spct import SPCTConfig
+
+    # the judge section is a judge.yaml, checked above; `judge.yaml` is a file name
+    sections = "|".join(k for k in SPCTConfig.model_fields if k != "judge")
+    found = re.findall(rf"`({sections})\.(\w+)(?:: ([^`]+))?`", README.read_text())
+    assert len(found) >= 10, found
+    for section, key, value in found:
+        settings = SPCTConfig.model_fields[section].annotation
+        assert key in settings.model_fields, f"README names {section}.{key}: no such key"
+        if value:
+            SPCTConfig.model_validate({section: {key: yaml.safe_load(value)}})

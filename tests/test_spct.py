@@ -80,6 +80,15 @@ def test_collect_counts_are_exact(tmp_path: Path) -> None:
     assert [r.hinted for r in records if r.id == "hard"] == [True, True]
 
 
+def test_too_easy_items_are_kept_when_asked(tmp_path: Path) -> None:
+    """The paper's too-easy drop is a setting: off, an all-correct item keeps its N records."""
+    rm = GenerativeRewardFn(scripted(), samples=3, seed=0, parse_retries=0)
+    out = tmp_path / "rft.jsonl"
+    counts = collect(rm, ITEMS[:1], out, drop_too_easy=False, progress=False)
+    assert (counts.kept, counts.dropped_too_easy) == (3, 0)
+    assert [r.id for r in read_rft_records(out)] == ["easy"] * 3
+
+
 def test_without_hint_retry_hard_items_keep_nothing(tmp_path: Path) -> None:
     counts = run(scripted(), tmp_path / "rft.jsonl", hint_retry=False)
     assert (counts.kept, counts.hinted, counts.hint_retried, counts.no_correct) == (3, 0, 0, 2)

@@ -248,6 +248,7 @@ def run_collect(args: argparse.Namespace) -> int:
         hint_retry=args.hint_retry or spct.collect.hint_retry,
         hint_samples=spct.collect.hint_samples,
         chunk_size=spct.collect.chunk_size,
+        drop_too_easy=spct.collect.drop_too_easy,
         read_report=report,
         progress=not args.no_progress,
     )

@@ -185,7 +185,10 @@ def _tally(
 
 
 async def _collect_item(
-    rm: GenerativeRewardFn, item: SPCTItem, hint_rm: GenerativeRewardFn | None
+    rm: GenerativeRewardFn,
+    item: SPCTItem,
+    hint_rm: GenerativeRewardFn | None,
+    drop_too_easy: bool = True,
 ) -> tuple[ItemOutcome | None, list[RFTRecord], int]:
     """(outcome or None when the engine failed, records, samples lost to the engine)."""
     res = await _judge(rm, item, False)
@@ -195,7 +198,7 @@ async def _collect_item(
     assert isinstance(res, JudgmentResult)
     outcome = ItemOutcome(id=item.id)
     records = _tally(item, res, outcome, hinted=False)
-    if records and len(records) == outcome.samples:
+    if drop_too_easy and records and len(records) == outcome.samples:
         outcome.too_easy, records = True, []
     elif not records and hint_rm is not None:
         hinted = await _judge(hint_rm, item, True)
@@ -227,6 +230,7 @@ async def _collect_all(
     hint_rm: GenerativeRewardFn | None,
     concurrency: int,
     on_done: Callable[[ItemOutcome | None, list[RFTRecord], int], None],
+    drop_too_easy: bool = True,
 ) -> None:
     """Judge ``todo`` with at most ``concurrency`` items in flight and hand each item to
     ``on_done`` as soon as it is judged (so it is on disk before slower items finish)."""
@@ -234,7 +238,7 @@ async def _collect_all(
 
     async def one(item: SPCTItem) -> tuple[ItemOutcome | None, list[RFTRecord], int]:
         async with gate:
-            return await _collect_item(rm, item, hint_rm)
+            return await _collect_item(rm, item, hint_rm, drop_too_easy)
 
     tasks = [asyncio.ensure_future(one(it)) for it in todo]
     try:
@@ -254,13 +258,16 @@ def collect(
     hint_retry: bool = False,
     hint_samples: int | None = None,
     chunk_size: int = 8,
+    drop_too_easy: bool = True,
     read_report: ReadReport | None = None,
     progress: bool = True,
 ) -> CollectCounts:
     """Judge ``items`` with ``rm`` (N = ``rm.sampling.samples`` judgments each) and append the
     correct judgments to ``out`` (JSONL of ``RFTRecord``); resumes from what ``out`` holds.
     With ``hint_retry``, items with no correct judgment get a hinted round of ``hint_samples``
-    judgments (None: N, as the plain round).
+    judgments (None: N, as the plain round). With ``drop_too_easy`` (the paper's choice), an
+    item whose N judgments were all correct keeps none of them: it teaches nothing the base
+    judge does not already do, and would fill the data with the easiest items.
 
     ``rm`` may be a function that builds the judge: it is called only when some item is left to
     judge, so a finished run resumed does not load a model. ``chunk_size`` items are judged at
@@ -296,5 +303,5 @@ def collect(
                     bar.set_postfix(kept=counts.kept)
 
                 hint_rm = _hint_judge(judge, hint_samples) if hint_retry else None
-                run_sync(_collect_all(judge, todo, hint_rm, chunk_size, on_done))
+                run_sync(_collect_all(judge, todo, hint_rm, chunk_size, on_done, drop_too_easy))
     return counts

@@ -76,6 +76,11 @@ class CollectSettings(_Strict):
         0, ge=0, description="re-sampling rounds for unparsable judgments (0: counts are exact)"
     )
     chunk_size: int = Field(8, ge=1, description="items judged concurrently (fills engine batches)")
+    drop_too_easy: bool = Field(
+        True,
+        description="keep no record of an item whose N judgments were all correct (the paper: "
+        "too easy to teach anything); false keeps them",
+    )
     hack_negatives: HackNegatives | None = Field(
         None,
         description="add a master-key and a self-praise response to each item as wrong "
