@@ -25,7 +25,7 @@ from grm_plugin.audit import (
 from grm_plugin.cli.main import main
 from grm_plugin.config import JudgeConfig
 from grm_plugin.content import is_minimal
-from grm_plugin.spct.collect import progress_path
+from grm_plugin.spct.collect import counts_path, progress_path
 from grm_plugin.testing import (
     AnswerKeyJudgeEngine,
     FailingEngine,
@@ -404,8 +404,10 @@ def test_spct_collect_hack_negatives(grm_judge_server_factory, tmp_path: Path) -
         )
     )  # fmt: skip
     out = tmp_path / "rft.jsonl"
+    config = tmp_path / "spct.yaml"
+    config.write_text("collect:\n  drop_too_easy: false\n")  # this judge is always right on q*
     argv = ["spct", "collect", str(data), "--out", str(out), "--server", server.url,
-            "--samples", "2", "--no-progress"]  # fmt: skip
+            "--samples", "2", "--no-progress", "--config", str(config)]  # fmt: skip
     assert main(argv) == 0
     assert set(seen) == {"It is 4.", "5"}  # without the flag: the items as given
     seen.clear()
@@ -414,7 +416,10 @@ def test_spct_collect_hack_negatives(grm_judge_server_factory, tmp_path: Path) -
     assert set(seen) & keys  # a master key was judged as a candidate
     assert any(r.startswith("5\n\n") for r in seen)  # and a self-praising wrong answer
     pairs = tmp_path / "rft3.jsonl"
+    _check_reuse_plain(data, out, pairs)
     assert main([*argv[:4], str(pairs), *argv[5:], "--hack-negatives", "pairs"]) == 0
+    counts = json.loads(counts_path(pairs).read_text())
+    assert counts["resumed"] == 3 and counts["items_done"] == 9  # only the pairs were judged
     finished = [json.loads(ln)["id"] for ln in progress_path(pairs).read_text().splitlines()]
     assert sorted(finished) == sorted(
         [f"q{i}{part}" for i in range(3) for part in ("", "/master_key", "/self_praise")]
@@ -422,17 +427,36 @@ def test_spct_collect_hack_negatives(grm_judge_server_factory, tmp_path: Path) -
     _check_plain_records(data, pairs, tmp_path)
 
 
+def _audit_script(name: str):
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "results/audit/hack_negatives" / name
+    if not script.is_file():
+        pytest.skip("no results/audit in this checkout")
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _check_reuse_plain(items: Path, source: Path, records: Path) -> None:
+    """results/audit takes the outcomes of the items as they are from another collect of the
+    same items, read only (that collect may be writing a line now)."""
+    log = progress_path(source)
+    with log.open("a") as f:
+        f.write('{"id": "q9", "sam')  # a line being written: not read, not repaired
+    before = (source.read_bytes(), log.read_bytes())
+    argv = ["--items", "3", "--train", str(items), "--source", str(source)]
+    assert _audit_script("reuse_plain.py").main([*argv, "--records", str(records)]) == 0
+    assert (source.read_bytes(), log.read_bytes()) == before
+    taken = [json.loads(ln) for ln in progress_path(records).read_text().splitlines()]
+    assert taken == [json.loads(ln) for ln in before[1].decode().splitlines()[:3]]
+
+
 def _check_plain_records(items: Path, records: Path, tmp_path: Path) -> None:
     """results/audit's control arm takes, from a collect with pairs, the records of the items
     as they are; it reads the files as a resumed collect does and waits for the collect's end."""
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "results/audit/hack_negatives/plain_records.py"
-    if not script.is_file():
-        pytest.skip("no results/audit in this checkout")
-    spec = importlib.util.spec_from_file_location("plain_records", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _audit_script("plain_records.py")
     out = tmp_path / "plain.jsonl"
     argv = ["--items", "3", "--train", str(items), "--records", str(records), "--out", str(out)]
     ids = [json.loads(ln)["id"] for ln in records.read_text().splitlines()]

@@ -47,6 +47,8 @@ defenses() {
 #                   defense is aimed at. Without it a change could be SFT's, not the negatives'.
 # Both judges are the embedded judge with their LoRA adapter (judge_*.yaml), audited with the
 # baseline's settings. `run.sh hack-negatives` collects first; `run.sh plain` waits for that.
+# The items as they are were judged by the experiment's own collect (same judge, settings and
+# items): reuse_plain.py takes their outcomes from there, so only the pairs are judged here.
 HN=$OUT/hack_negatives
 SPCT_CFG=results/spct_gsm8k/spct.yaml
 TRAIN=results/spct_gsm8k/train.jsonl
@@ -58,6 +60,9 @@ sft_once() {  # sft_once RECORDS OUT: resumes from its checkpoints; skipped once
 }
 
 hack_negatives() {
+    # the items as they are: their outcomes from the experiment's collect, where it has them
+    python results/audit/hack_negatives/reuse_plain.py --items $HN_ITEMS --train $TRAIN \
+        --source results/spct_gsm8k/rft.jsonl --records $HN/rft.jsonl || return 1
     grm-plugin spct collect $TRAIN --limit $HN_ITEMS --hack-negatives pairs --out $HN/rft.jsonl \
         --config $SPCT_CFG --no-progress || return 1
     sft_once $HN/rft.jsonl $HN/models/judge-hack-negatives || return 1
