@@ -227,7 +227,7 @@ def samples_at_k(samples: Sequence[Sample], k: int, parse_retries: int = 0) -> l
 
 
 @dataclass(frozen=True)
-class _Outcome:
+class VoteOutcome:
     """One item at one level: strict and tie-broken correctness, and why it was undecided."""
 
     correct: bool
@@ -239,7 +239,7 @@ class _Outcome:
 
 def _outcome(
     samples: Sequence[Sample], best: int, n: int, method: str, k: int, rng: random.Random
-) -> _Outcome:
+) -> VoteOutcome:
     valid = [s for s in samples if s.scores is not None]
     if method == "meta_rm_voting":
         valid = [s for s in valid if s.meta_score is not None]
@@ -247,16 +247,16 @@ def _outcome(
         chosen = select_by_meta([s.meta_score for s in valid], min(keep, len(valid)))
         valid = [valid[i] for i in chosen]
     if not valid:
-        return _Outcome(False, rng.randrange(n) == best, False, True, best)
+        return VoteOutcome(False, rng.randrange(n) == best, False, True, best)
     lists = [s.vote_scores() if method == EXPECTED else s.scores for s in valid]
     _, sums = vote(lists, n)  # type: ignore[arg-type]
     top = max(sums)
     tied = sums.count(top) > 1
     strict = sums[best] == top and not tied
-    return _Outcome(strict, argmax_random_tie(sums, rng) == best, tied, False, best)
+    return VoteOutcome(strict, argmax_random_tie(sums, rng) == best, tied, False, best)
 
 
-def _point(k: int, outcomes: list[_Outcome]) -> PointStats:
+def _point(k: int, outcomes: list[VoteOutcome]) -> PointStats:
     n = len(outcomes)
     correct = sum(o.correct for o in outcomes)
     p = correct / n if n else 0.0
@@ -285,13 +285,37 @@ def _point(k: int, outcomes: list[_Outcome]) -> PointStats:
 
 def _outcomes(
     draws: Sequence[ItemDraw], chosen: Sequence[Sequence[Sample]], method: str, k: int, seed: int
-) -> list[_Outcome]:
+) -> list[VoteOutcome]:
     out = []
     for d, c in zip(draws, chosen, strict=True):
         # no method in the seed: when both methods vote the same samples they pick alike
         rng = random.Random(f"{seed}|{k}|{d.item.id}")
         out.append(_outcome(c, d.item.best, len(d.item.responses), method, k, rng))
     return out
+
+
+def item_outcomes(
+    draws: Sequence[ItemDraw],
+    k: int,
+    *,
+    method: str = "voting",
+    seed: int = 0,
+    parse_retries: int = 0,
+) -> list[VoteOutcome]:
+    """Per item, what ``evaluate`` counts at level ``k``: strict correctness (a tie or no vote
+    is wrong), the seeded tie-broken coin, and why an item was undecided. For per-item files
+    and paired tests between runs on the same items.
+
+    Example:
+        >>> from grm_plugin.items import PreferenceItem
+        >>> from grm_plugin.results import JudgmentResult, Sample
+        >>> item = PreferenceItem(id="a", prompt="2+2?", responses=["4", "5"], best=0)
+        >>> tie = ItemDraw(item=item, result=JudgmentResult(samples=[Sample(scores=[7, 7])]))
+        >>> [(o.correct, o.tied, o.no_vote) for o in item_outcomes([tie], 1)]
+        [(False, True, False)]
+    """
+    chosen = [samples_at_k(d.result.samples, k, parse_retries) for d in draws]
+    return _outcomes(draws, chosen, method, k, seed)
 
 
 def _tokens_at(d: ItemDraw, chosen: Sequence[Sample]) -> int | None:

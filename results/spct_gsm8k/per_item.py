@@ -20,37 +20,14 @@ from __future__ import annotations
 
 import json
 import math
-import random
-from collections.abc import Sequence
+import sys
 from pathlib import Path
 
-from grm_plugin.evaluation import read_draws, samples_at_k, wilson_interval
-from grm_plugin.voting import argmax_random_tie, vote
+from grm_plugin.evaluation import item_outcomes, read_draws, samples_at_k, wilson_interval
 
 HERE = Path(__file__).resolve().parent
 STAGES = ("base", "rft", "rl")
 KS = (1, 2, 4, 8)
-
-
-def outcome(samples: Sequence, best: int, n: int, rng: random.Random) -> dict:
-    """Strict and tie-broken correctness of one item from these samples."""
-    valid = [s.scores for s in samples if s.scores is not None]
-    if not valid:
-        return {
-            "correct": False,
-            "tie_broken": rng.randrange(n) == best,
-            "tied": False,
-            "no_vote": True,
-        }
-    _, sums = vote(valid, n)
-    top = max(sums)
-    tied = sums.count(top) > 1
-    return {
-        "correct": sums[best] == top and not tied,
-        "tie_broken": argmax_random_tie(sums, rng) == best,
-        "tied": tied,
-        "no_vote": False,
-    }
 
 
 def mcnemar(a: dict[str, bool], b: dict[str, bool]) -> dict:
@@ -63,40 +40,44 @@ def mcnemar(a: dict[str, bool], b: dict[str, bool]) -> dict:
     return {"n": len(ids), "first_only": a_only, "second_only": b_only, "p": min(1.0, 2 * tail)}
 
 
-def stage_draws(stage: str, prefix: str) -> list:
+def stage_draws(root: Path, stage: str, prefix: str) -> list:
     draws = []
-    for folder in sorted((HERE / "eval" / stage).glob(f"{prefix}*")):
+    for folder in sorted((root / "eval" / stage).glob(f"{prefix}*")):
         if (folder / "samples.jsonl").is_file():
             draws += read_draws(folder / "samples.jsonl")
     return draws
 
 
-def main() -> None:
+def main(root: Path = HERE) -> None:
     rows: list[dict] = []
-    stats: dict[str, dict] = {}
+    stats: dict[str, list[dict]] = {}
     correct: dict[tuple[str, int], dict[str, bool]] = {}
     preference: dict[str, dict[str, bool]] = {}
     for stage in STAGES:
-        rng = random.Random(0)
         for prefix, ks in (("heldout_k8", KS), ("heldout_k1", (1,))):
-            for d in stage_draws(stage, prefix):
-                for k in ks:
+            draws = stage_draws(root, stage, prefix)
+            for k in ks:
+                # what grm-plugin eval counts: strict, ties and no-vote items wrong, the
+                # tie-broken coin seeded by (seed 0, k, id) as in its report.json
+                for d, o in zip(draws, item_outcomes(draws, k), strict=True):
                     chosen = samples_at_k(d.result.samples, k)
-                    o = outcome(chosen, d.item.best, len(d.item.responses), rng)
-                    o["parse_failures"] = sum(s.scores is None for s in chosen)
-                    o["samples"] = len(chosen)
-                    rows.append({"id": d.item.id, "stage": stage, "k": k, "correct": o["correct"]})
-                    correct.setdefault((stage, k), {})[d.item.id] = o["correct"]
-                    stats.setdefault(f"{stage}@{k}", []).append(o)
-        pref = stage_draws(stage, "preference")
-        if pref:
+                    rows.append({"id": d.item.id, "stage": stage, "k": k, "correct": o.correct})
+                    correct.setdefault((stage, k), {})[d.item.id] = o.correct
+                    stats.setdefault(f"{stage}@{k}", []).append(
+                        {
+                            "correct": o.correct,
+                            "tie_broken": o.correct_tie_broken,
+                            "tied": o.tied,
+                            "no_vote": o.no_vote,
+                            "parse_failures": sum(s.scores is None for s in chosen),
+                            "samples": len(chosen),
+                        }
+                    )
+        if pref := stage_draws(root, stage, "preference"):
             preference[stage] = {
-                d.item.id: outcome(
-                    samples_at_k(d.result.samples, 1), d.item.best, len(d.item.responses), rng
-                )["correct"]
-                for d in pref
+                d.item.id: o.correct for d, o in zip(pref, item_outcomes(pref, 1), strict=True)
             }
-    (HERE / "per_item.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "per_item.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     table = []
     for key, outs in stats.items():
         stage, k = key.split("@")
@@ -153,7 +134,7 @@ def main() -> None:
         "preference": pref_table,
         "preference_mcnemar": pref_tests,
     }
-    (HERE / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [
         "| stage | k | n | strict accuracy | 95% CI | ties | no vote | parse failures "
         "(samples) | tie-broken accuracy | strict accuracy when voted |",
@@ -176,8 +157,26 @@ def main() -> None:
         f"{t['second_only']} | {t['p']:.4f} |"
         for t in tests
     ]
-    (HERE / "summary.md").write_text("\n".join(lines) + "\n")
-    plot(correct)
+    if pref_table:
+        lines += [
+            "",
+            "Preference items (human preference, k = 1; does math judging transfer?):",
+            "",
+            "| stage | n | strict accuracy | 95% CI |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {s} | {t['n']} | {t['correct'] / t['n']:.1%} | "
+            f"{t['ci95'][0]:.1%}-{t['ci95'][1]:.1%} |"
+            for s, t in pref_table.items()
+        ]
+        lines += [
+            f"\nMcNemar on the preference items, {t['first']} vs {t['second']}: {t['n']} items, "
+            f"first only {t['first_only']}, second only {t['second_only']}, exact p {t['p']:.4f}"
+            for t in pref_tests
+        ]
+    (root / "summary.md").write_text("\n".join(lines) + "\n")
+    plot(correct, root / "accuracy_vs_k.png")
     print("\n".join(lines))
 
 
@@ -185,7 +184,7 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.1%}"
 
 
-def plot(correct: dict[tuple[str, int], dict[str, bool]]) -> None:
+def plot(correct: dict[tuple[str, int], dict[str, bool]], path: Path) -> None:
     """Strict accuracy against k on the k8 items (the same items at every k), per stage."""
     import matplotlib
 
@@ -212,8 +211,8 @@ def plot(correct: dict[tuple[str, int], dict[str, bool]]) -> None:
     ax.set_title("GSM8K held-out pairs: accuracy vs k")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(HERE / "accuracy_vs_k.png", dpi=120)
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)

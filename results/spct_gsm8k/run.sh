@@ -4,7 +4,8 @@
 #   results/spct_gsm8k/run.sh            # all stages; rerun after any stop to resume
 #   results/spct_gsm8k/run.sh collect    # one stage (split make-pairs collect sft rl adapter
 #                                        #   eval-base eval-rft eval-rl report; train-ids
-#                                        #   rewrites train_ids.txt)
+#                                        #   rewrites train_ids.txt; status says where each
+#                                        #   stage stands, read only, safe while one runs)
 #   TIME_LIMIT=3h results/spct_gsm8k/run.sh   # stop after 3 hours (a "piece"); rerun resumes
 #
 # Resume units: make-pairs and collect per problem / item (their progress logs), sft and rl from
@@ -143,6 +144,7 @@ for s in "${stages[@]}"; do
     eval-rft) evaluate rft ;;
     eval-rl) evaluate rl ;;
     report) report ;;
+    status) python $R/status.py ;;
     *) echo "unknown stage: $s" >&2; exit 2 ;;
   esac
 done

@@ -1,0 +1,75 @@
+"""Where the GSM8K SPCT experiment stands, stage by stage, from its files (read only: safe while
+any stage runs). ``run.sh status`` calls it.
+
+    python results/spct_gsm8k/status.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from grm_plugin.spct._train import checkpoints_path
+
+HERE = Path(__file__).resolve().parent
+STAGES = ("base", "rft", "rl")
+
+
+def _lines(path: Path) -> list[dict]:
+    """The complete JSON lines of ``path`` ([] when absent); a line being written is skipped."""
+    if not path.is_file():
+        return []
+    raw = path.read_bytes()
+    whole = raw[: raw.rfind(b"\n") + 1].decode()
+    return [json.loads(line) for line in whole.splitlines() if line.strip()]
+
+
+def _count(path: Path) -> int:
+    return len(_lines(path))
+
+
+def _trained(folder: Path) -> str:
+    if (folder / "spct_train.json").is_file():
+        report = json.loads((folder / "spct_train.json").read_text())
+        return f"done, {report.get('steps', '?')} steps"
+    checkpoints = sorted(
+        int(p.name.removeprefix("checkpoint-"))
+        for p in checkpoints_path(folder).glob("checkpoint-*")
+    )
+    return f"checkpoint at step {checkpoints[-1]}" if checkpoints else "not started"
+
+
+def status(root: Path = HERE) -> list[str]:
+    """One line per stage (shard, for eval)."""
+    out = []
+    problems = _count(root / "data" / "problems.jsonl")
+    made = _lines(root / "train.progress.jsonl")
+    pairs = _count(root / "train.jsonl")
+    out.append(f"make-pairs: {len(made)} of {problems} problems, {pairs} items")
+    judged = _lines(root / "rft.progress.jsonl")
+    records = _count(root / "rft.jsonl")
+    samples = sum(o.get("samples", 0) for o in judged)
+    out.append(
+        f"collect: {len(judged)} of {pairs} items, {records} records kept of {samples} judgments"
+    )
+    out.append(f"sft: {_trained(root / 'models' / 'judge-rft')}")
+    out.append(f"rl: {_trained(root / 'models' / 'judge-rl')}")
+    adapter = root / "adapter" / "SHA256SUMS"
+    out.append(f"adapter: {adapter.read_text().split()[0] if adapter.is_file() else 'not yet'}")
+    for stage in STAGES:
+        for shard in sorted((root / "data").glob("*.jsonl")):
+            if shard.name == "problems.jsonl":
+                continue
+            run = root / "eval" / stage / shard.stem
+            if (run / "report.json").is_file():
+                state = "done"
+            else:
+                items = {s["item"]["id"] for s in _lines(run / "samples.jsonl")}
+                state = f"{len(items)} of {_count(shard)} items" if items else "not started"
+            out.append(f"eval-{stage} {shard.stem}: {state}")
+    return out
+
+
+if __name__ == "__main__":
+    print("\n".join(status(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)))

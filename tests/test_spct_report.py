@@ -1,0 +1,104 @@
+"""The GSM8K SPCT experiment's report and status scripts (results/spct_gsm8k) on eval draws made
+here: per_item.jsonl is strict (a tie or an item with no parsed score is wrong), McNemar pairs
+the stages on the same items, the preference items are reported, and status reads every stage."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from grm_plugin.evaluation import ItemDraw, write_draws
+from grm_plugin.items import PreferenceItem
+from grm_plugin.results import JudgmentResult, Sample
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "spct_gsm8k"
+
+
+def _script(name: str):
+    path = RESULTS / name
+    if not path.is_file():
+        pytest.skip("no results/spct_gsm8k in this checkout")
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _draw(item_id: str, scores: list[float] | None, k: int) -> ItemDraw:
+    item = PreferenceItem(id=item_id, prompt="2+2?", responses=["4", "5"], best=0)
+    samples = [Sample(text="x", scores=scores, order=[0, 1]) for _ in range(k)]
+    return ItemDraw(item=item, result=JudgmentResult(samples=samples))
+
+
+# per item and stage: the scores of every sample (None: unparsable)
+BASE = {"right": [7, 3], "tie": [5, 5], "unparsed": None, "wrong": [2, 8]}
+RFT = {"right": [7, 3], "tie": [8, 2], "unparsed": [9, 1], "wrong": [2, 8]}
+
+
+def _eval_dir(root: Path, stage: str, plan: dict[str, list[float] | None]) -> None:
+    draws = [_draw(i, s, 8) for i, s in plan.items()]
+    write_draws(draws, root / "eval" / stage / "heldout_k8_00" / "samples.jsonl")
+    k1 = [_draw(f"{i}-k1", s, 1) for i, s in plan.items()]
+    write_draws(k1, root / "eval" / stage / "heldout_k1_00" / "samples.jsonl")
+    write_draws(k1[:2], root / "eval" / stage / "preference" / "samples.jsonl")
+
+
+def test_per_item_is_strict_and_pairs_the_stages(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    _eval_dir(tmp_path, "base", BASE)
+    _eval_dir(tmp_path, "rft", RFT)
+    _script("per_item.py").main(tmp_path)
+    rows = [json.loads(ln) for ln in (tmp_path / "per_item.jsonl").read_text().splitlines()]
+    assert {tuple(sorted(r)) for r in rows} == {("correct", "id", "k", "stage")}
+    got = {(r["stage"], r["k"], r["id"]): r["correct"] for r in rows}
+    for k in (1, 2, 4, 8):
+        assert [got["base", k, i] for i in BASE] == [True, False, False, False]
+        assert [got["rft", k, i] for i in RFT] == [True, True, True, False]
+    assert [got["base", 1, f"{i}-k1"] for i in BASE] == [True, False, False, False]
+    assert ("base", 2, "right-k1") not in got  # k1 shards are k = 1 only
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    (at_1,) = [t for t in summary["mcnemar"] if t["k"] == 1]
+    # 8 items at k = 1 (4 from each shard): rft alone right on 4, base alone on none
+    assert (at_1["n"], at_1["first_only"], at_1["second_only"]) == (8, 0, 4)
+    assert at_1["p"] == pytest.approx(2 / 2**4)
+    base_1 = next(t for t in summary["table"] if (t["stage"], t["k"]) == ("base", 1))
+    assert (base_1["n"], base_1["correct"], base_1["tie_rate"], base_1["no_vote_rate"]) == (
+        8,
+        2,
+        0.25,
+        0.25,
+    )
+    assert base_1["accuracy_when_voted"] == pytest.approx(2 / 6)
+    assert summary["preference"]["rft"]["correct"] == 2
+    text = (tmp_path / "summary.md").read_text()
+    assert "Preference items" in text and "| base vs rft | 1 | 8 | 0 | 4 | 0.1250 |" in text
+    assert (tmp_path / "accuracy_vs_k.png").stat().st_size > 0
+
+
+def test_status_reads_every_stage_without_writing(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "problems.jsonl").write_text('{"id": "p1"}\n{"id": "p2"}\n')
+    (tmp_path / "data" / "heldout_k8_00.jsonl").write_text('{"id": "right"}\n{"id": "tie"}\n')
+    (tmp_path / "train.progress.jsonl").write_text('{"id": "p1"}\n{"id": "p2", "sam')
+    (tmp_path / "train.jsonl").write_text('{"id": "t1"}\n')
+    (tmp_path / "rft.progress.jsonl").write_text('{"id": "t1", "samples": 6}\n')
+    (tmp_path / "rft.jsonl").write_text('{"id": "t1"}\n{"id": "t1"}\n')
+    (tmp_path / "models" / "judge-rft.checkpoints" / "checkpoint-20").mkdir(parents=True)
+    (tmp_path / "models" / "judge-rft.checkpoints" / "checkpoint-10").mkdir(parents=True)
+    write_draws(
+        [_draw("right", [7, 3], 8)], tmp_path / "eval" / "base" / "heldout_k8_00" / "samples.jsonl"
+    )
+    before = (tmp_path / "train.progress.jsonl").read_bytes()
+    lines = _script("status.py").status(tmp_path)
+    assert (tmp_path / "train.progress.jsonl").read_bytes() == before  # a line being written
+    assert lines[:4] == [
+        "make-pairs: 1 of 2 problems, 1 items",
+        "collect: 1 of 1 items, 2 records kept of 6 judgments",
+        "sft: checkpoint at step 20",
+        "rl: not started",
+    ]
+    assert "eval-base heldout_k8_00: 1 of 2 items" in lines
+    assert "eval-rft heldout_k8_00: not started" in lines
