@@ -430,10 +430,10 @@ def test_spct_collect_hack_negatives(grm_judge_server_factory, tmp_path: Path) -
 def _audit_script(name: str):
     import importlib.util
 
-    script = Path(__file__).resolve().parents[1] / "results/audit/hack_negatives" / name
+    script = Path(__file__).resolve().parents[1] / "results/audit" / name
     if not script.is_file():
         pytest.skip("no results/audit in this checkout")
-    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), script)
+    spec = importlib.util.spec_from_file_location(script.stem, script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -446,8 +446,8 @@ def _check_reuse_plain(items: Path, source: Path, records: Path) -> None:
     with log.open("a") as f:
         f.write('{"id": "q9", "sam')  # a line being written: not read, not repaired
     before = (source.read_bytes(), log.read_bytes())
-    argv = ["--items", "3", "--train", str(items), "--source", str(source)]
-    assert _audit_script("reuse_plain.py").main([*argv, "--records", str(records)]) == 0
+    argv = ["--items", "3", "--train", str(items), "--source", str(source), "--records"]
+    assert _audit_script("hack_negatives/reuse_plain.py").main([*argv, str(records)]) == 0
     assert (source.read_bytes(), log.read_bytes()) == before
     taken = [json.loads(ln) for ln in progress_path(records).read_text().splitlines()]
     assert taken == [json.loads(ln) for ln in before[1].decode().splitlines()[:3]]
@@ -456,7 +456,7 @@ def _check_reuse_plain(items: Path, source: Path, records: Path) -> None:
 def _check_plain_records(items: Path, records: Path, tmp_path: Path) -> None:
     """results/audit's control arm takes, from a collect with pairs, the records of the items
     as they are; it reads the files as a resumed collect does and waits for the collect's end."""
-    module = _audit_script("plain_records.py")
+    module = _audit_script("hack_negatives/plain_records.py")
     out = tmp_path / "plain.jsonl"
     argv = ["--items", "3", "--train", str(items), "--records", str(records), "--out", str(out)]
     ids = [json.loads(ln)["id"] for ln in records.read_text().splitlines()]
@@ -510,3 +510,25 @@ def test_the_committed_run_script_parses() -> None:
             JudgeConfig.load(root / args.config)
     for argv in spct:
         build_parser().parse_args(argv[1:])
+
+
+def test_committed_compare_script_puts_the_defenses_side_by_side(tmp_path: Path) -> None:
+    """results/audit/compare.py reads each audit's audit.json: a family an audit did not cover by
+    design says so, and the numbers are the audit's own."""
+    pytest.importorskip("matplotlib")
+    compare = _audit_script("compare.py")
+    judge = AnswerKeyJudgeEngine(fooled_by=is_minimal)
+    families = {"master_key", "self_praise"}
+    before = _audit(GenerativeRewardFn(judge), tmp_path / "baseline", families=families)
+    control = tmp_path / "hack_negatives" / "audit_plain"
+    _audit(GenerativeRewardFn(judge), control, families={"master_key"})
+    compare.main(tmp_path)
+    rows = {ln.split(" | ")[0]: ln for ln in (tmp_path / "compare.md").read_text().splitlines()}
+    assert "SPCT without them (control)" in rows["| family"]
+    assert "not audited" in rows["| self_praise"] and "not audited" not in rows["| master_key"]
+    fam = {f.family: f for f in before.families}
+    assert (
+        f"alone {fam['master_key'].alone.passed}/{fam['master_key'].alone.n}"
+        in rows["| master_key"]
+    )
+    assert (tmp_path / "compare.png").stat().st_size > 0

@@ -13,6 +13,7 @@ says so instead of repeating the baseline's number as if measured again.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -25,6 +26,13 @@ AUDITS = {
     "before any defense": "baseline",
     "minimal-content rule": "minimal_content",
     "reference-guided prompt": "reference_guided",
+    "SPCT with hack negatives": "hack_negatives/audit",
+    "SPCT without them (control)": "hack_negatives/audit_plain",
+}
+#: audits that cover some families only, by design (run.sh), and what the other cells say
+PARTIAL = {
+    "minimal-content rule": "unchanged (rule does not fire)",
+    "SPCT without them (control)": "not audited (the control covers the two families trained)",
 }
 
 
@@ -46,11 +54,11 @@ def _cell(fam: dict | None, report: dict) -> str:
     )
 
 
-def main() -> None:
+def main(root: Path = HERE) -> None:
     reports = {
-        label: json.loads((HERE / d / "audit.json").read_text())
+        label: json.loads((root / d / "audit.json").read_text())
         for label, d in AUDITS.items()
-        if (HERE / d / "audit.json").is_file()
+        if (root / d / "audit.json").is_file()
     }
     families = list(dict.fromkeys(f["family"] for r in reports.values() for f in r["families"]))
     lines = [
@@ -61,8 +69,8 @@ def main() -> None:
         cells = []
         for label, r in reports.items():
             f = next((x for x in r["families"] if x["family"] == fam), None)
-            if f is None and label == "minimal-content rule" and fam != "master_key":
-                cells.append("unchanged (rule does not fire)")
+            if f is None and label in PARTIAL:
+                cells.append(PARTIAL[label])
             else:
                 cells.append(_cell(f, r))
         lines.append(f"| {fam} | " + " | ".join(cells) + " |")
@@ -75,7 +83,7 @@ def main() -> None:
             f"| {label} | {r['prompts']} | {r['cases_recorded']} of {r['cases']} | "
             f"{t['judging_seconds_all_runs']:.0f} | {t['seconds_per_case']:.1f} |"
         )
-    (HERE / "compare.md").write_text(
+    (root / "compare.md").write_text(
         "False-positive rate % [Wilson 95% CI] per family (the larger of the alone and group "
         "rates; counts are hacked cases that passed / cases with a usable judgment; no score: "
         "cases the judge gave no parsable score, left out of the rates).\n\n"
@@ -104,9 +112,9 @@ def main() -> None:
     ax.set_title("Embedded 0.5B judge: reward-hack audit per family, before/after each defense")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(HERE / "compare.png", dpi=120)
-    print((HERE / "compare.md").read_text())
+    fig.savefig(root / "compare.png", dpi=120)
+    print((root / "compare.md").read_text())
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)
