@@ -264,3 +264,14 @@ def test_config_file_and_its_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("collect: {sample: 2}\n")
     with pytest.raises(ValueError, match=r"(?s)bad.yaml.*collect.sample"):
         SPCTConfig.load(tmp_path / "bad.yaml")
+
+
+def test_finished_lines_are_read_without_touching_a_file_being_written(tmp_path: Path) -> None:
+    from grm_plugin.spct.progress import read_finished_lines
+
+    log = tmp_path / "rft.progress.jsonl"
+    assert read_finished_lines(log, json.loads) == []
+    text = '{"id": "a"}\n{"id": "b\u2028c"}\n{"id": "d", "sam'  # a run is writing d now
+    log.write_text(text)
+    assert [o["id"] for o in read_finished_lines(log, json.loads)] == ["a", "b\u2028c"]
+    assert log.read_text() == text

@@ -11,18 +11,14 @@ import sys
 from pathlib import Path
 
 from grm_plugin.spct._train import checkpoints_path
+from grm_plugin.spct.progress import read_finished_lines
 
 HERE = Path(__file__).resolve().parent
 STAGES = ("base", "rft", "rl")
 
 
 def _lines(path: Path) -> list[dict]:
-    """The complete JSON lines of ``path`` ([] when absent); a line being written is skipped."""
-    if not path.is_file():
-        return []
-    raw = path.read_bytes()
-    whole = raw[: raw.rfind(b"\n") + 1].decode()
-    return [json.loads(line) for line in whole.splitlines() if line.strip()]
+    return read_finished_lines(path, json.loads)
 
 
 def _count(path: Path) -> int:

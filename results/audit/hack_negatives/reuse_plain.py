@@ -21,25 +21,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from grm_plugin.spct.collect import ItemOutcome, RFTRecord, progress_path
 from grm_plugin.spct.items import read_items
-from grm_plugin.spct.progress import ProgressWriter, resume
-
-T = TypeVar("T")
-
-
-def _complete_lines(path: Path, parse: Callable[[str], T]) -> list[T]:
-    """Every line up to the last newline (a line being written now is not complete yet). Read
-    only: ``resume`` would repair a cut line in place, under a run that is appending to it."""
-    if not path.is_file():
-        return []
-    raw = path.read_bytes()
-    whole = raw[: raw.rfind(b"\n") + 1].decode()
-    return [parse(line) for line in whole.splitlines() if line.strip()]
+from grm_plugin.spct.progress import ProgressWriter, read_finished_lines, resume
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     plain = [it.id for it in items]
     source = Path(args.source)
     finished = {
-        o.id: o for o in _complete_lines(progress_path(source), ItemOutcome.model_validate_json)
+        o.id: o for o in read_finished_lines(progress_path(source), ItemOutcome.model_validate_json)
     }
     records: dict[str, list[RFTRecord]] = defaultdict(list)
-    for r in _complete_lines(source, RFTRecord.model_validate_json):
+    for r in read_finished_lines(source, RFTRecord.model_validate_json):
         records[r.id].append(r)
     out = Path(args.records)
     out.parent.mkdir(parents=True, exist_ok=True)
