@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from pydantic import BaseModel, Field
 from ._train import load_base, run_stage
 from .collect import RFTRecord
 from .config import SFTSettings
+
+log = logging.getLogger(__name__)
 
 
 def sft_examples(records: Sequence[RFTRecord]) -> list[dict]:
@@ -107,6 +110,35 @@ def general_examples(
     return rows, read
 
 
+class TooLong(BaseModel):
+    """Examples longer than ``max_length`` tokens, which trl truncates from the end."""
+
+    max_length: int
+    dropped: int = Field(0, description="prompt alone reaches max_length: no judgment token left")
+    cut: int = Field(0, description="the judgment's end, its score line, is cut off")
+    longest: int = Field(0, description="tokens in the longest example")
+
+
+def too_long(examples: Sequence[dict], tokenizer: Any, max_length: int) -> TooLong:
+    """Count the prompt-completion ``examples`` that ``max_length`` drops or cuts, tokenized
+    with the chat template as the trainer does. Both lose what SPCT trains for (a judgment
+    ending in scores), and trl does it without a word, so ``train_sft`` warns and reports it."""
+
+    def tokens(messages: list[dict], prompt: bool) -> int:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    out = TooLong(max_length=max_length)
+    for ex in examples:
+        full = tokens(ex["prompt"] + ex["completion"], prompt=False)
+        out.longest = max(out.longest, full)
+        if tokens(ex["prompt"], prompt=True) >= max_length:
+            out.dropped += 1
+        elif full > max_length:
+            out.cut += 1
+    return out
+
+
 def train_sft(
     records: Sequence[RFTRecord],
     out: str | Path,
@@ -136,6 +168,18 @@ def train_sft(
         )
         examples += rows
     model, tok = load_base(settings.base, settings.device)
+    lengths = too_long(examples, tok, settings.max_length)
+    if lengths.dropped or lengths.cut:
+        log.warning(
+            "sft: max_length %d drops %d of %d examples (the prompt alone is that long) and cuts "
+            "the end of the judgment, its scores, off %d more; the longest has %d tokens: raise "
+            "sft.max_length",
+            settings.max_length,
+            lengths.dropped,
+            len(examples),
+            lengths.cut,
+            lengths.longest,
+        )
     return run_stage(
         "sft",
         SFTTrainer,
@@ -160,6 +204,7 @@ def train_sft(
             "hinted_examples": sum(r.hinted for r in used),
             "general_examples": general.used,
             "general_data": general.model_dump() if settings.general_data else None,
+            "too_long": lengths.model_dump(),
         },
         outcome=lambda trainer, result: {"train_loss": result.training_loss},
         progress=progress,
