@@ -73,6 +73,11 @@ def test_per_item_is_strict_and_pairs_the_stages(tmp_path: Path) -> None:
     )
     assert base_1["accuracy_when_voted"] == pytest.approx(2 / 6)
     assert summary["preference"]["rft"]["correct"] == 2
+    # the preference shard holds "right" and "tie": base ties on one of its two items
+    assert (
+        summary["preference"]["base"]["tie_rate"],
+        summary["preference"]["base"]["no_vote_rate"],
+    ) == (0.5, 0.0)
     text = (tmp_path / "summary.md").read_text()
     assert "Preference items" in text and "| base vs rft | 1 | 8 | 0 | 4 | 0.1250 |" in text
     assert (tmp_path / "accuracy_vs_k.png").stat().st_size > 0

@@ -53,6 +53,7 @@ def main(root: Path = HERE) -> None:
     stats: dict[str, list[dict]] = {}
     correct: dict[tuple[str, int], dict[str, bool]] = {}
     preference: dict[str, dict[str, bool]] = {}
+    pref_undecided: dict[str, tuple[int, int]] = {}  # per stage: (tied, no vote) items
     for stage in STAGES:
         for prefix, ks in (("heldout_k8", KS), ("heldout_k1", (1,))):
             draws = stage_draws(root, stage, prefix)
@@ -74,9 +75,9 @@ def main(root: Path = HERE) -> None:
                         }
                     )
         if pref := stage_draws(root, stage, "preference"):
-            preference[stage] = {
-                d.item.id: o.correct for d, o in zip(pref, item_outcomes(pref, 1), strict=True)
-            }
+            outs = item_outcomes(pref, 1)
+            preference[stage] = {d.item.id: o.correct for d, o in zip(pref, outs, strict=True)}
+            pref_undecided[stage] = (sum(o.tied for o in outs), sum(o.no_vote for o in outs))
     (root / "per_item.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     table = []
     for key, outs in stats.items():
@@ -120,6 +121,8 @@ def main(root: Path = HERE) -> None:
             "n": len(v),
             "correct": sum(v.values()),
             "ci95": wilson_interval(sum(v.values()), len(v)),
+            "tie_rate": pref_undecided[s][0] / len(v),
+            "no_vote_rate": pref_undecided[s][1] / len(v),
         }
         for s, v in preference.items()
     }
@@ -162,12 +165,13 @@ def main(root: Path = HERE) -> None:
             "",
             "Preference items (human preference, k = 1; does math judging transfer?):",
             "",
-            "| stage | n | strict accuracy | 95% CI |",
-            "|---|---|---|---|",
+            "| stage | n | strict accuracy | 95% CI | ties | no vote |",
+            "|---|---|---|---|---|---|",
         ]
         lines += [
             f"| {s} | {t['n']} | {t['correct'] / t['n']:.1%} | "
-            f"{t['ci95'][0]:.1%}-{t['ci95'][1]:.1%} |"
+            f"{t['ci95'][0]:.1%}-{t['ci95'][1]:.1%} | {t['tie_rate']:.1%} | "
+            f"{t['no_vote_rate']:.1%} |"
             for s, t in pref_table.items()
         ]
         lines += [
