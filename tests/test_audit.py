@@ -501,8 +501,14 @@ def test_the_committed_run_script_parses() -> None:
 
     lines = [ln.strip() for ln in text.splitlines()]
     audits = [expand(ln) for ln in lines if ln.startswith("audit --out")]
-    spct = [expand(ln) for ln in lines if ln.startswith(("grm-plugin spct", "[[ -f"))]
+    spct = [expand(ln) for ln in lines if "grm-plugin spct" in ln]
     assert audits and spct
+    scripts = [w for ln in lines for w in re.findall(r"python (\S+\.py)", ln)]
+    assert scripts
+    for name in scripts:  # the helper scripts it runs are committed beside it
+        for _ in range(3):
+            name = re.sub(r"\$([A-Z_]+)", lambda m: names.get(m.group(1), m.group(0)), name)
+        assert (root / name).is_file(), name
     for argv in audits:
         args = build_parser().parse_args(["audit", *argv[1:]])
         assert args.limit_prompts == 5 and args.out.startswith("results/audit/")
@@ -532,3 +538,34 @@ def test_committed_compare_script_puts_the_defenses_side_by_side(tmp_path: Path)
         in rows["| master_key"]
     )
     assert (tmp_path / "compare.png").stat().st_size > 0
+
+
+def test_committed_merge_script_joins_two_lanes_of_one_audit(tmp_path: Path) -> None:
+    """results/audit judges some families of one audit in a second folder on the other core and
+    merges them back: nothing is judged twice, a line being written is not copied, and the
+    merged report is the one a single lane gives."""
+    merge = _audit_script("hack_negatives/merge_cases.py").merge
+    engine = AnswerKeyJudgeEngine(fooled_by=is_minimal)
+    rm = GenerativeRewardFn(engine)
+    main_lane, rest_lane = tmp_path / "audit", tmp_path / "audit_rest"
+    _audit(rm, main_lane, families={"master_key"})
+    rest_lane.mkdir()
+    (rest_lane / "judge.txt").write_bytes((main_lane / "judge.txt").read_bytes())
+    merge(main_lane, rest_lane)  # the right answers and the control come along
+    before = len(engine.requests)
+    _audit(rm, rest_lane, families={"refusal"})
+    assert len(engine.requests) - before == 5 * 2 * 2  # 2 refusals x (alone, group), 5 prompts
+    with (rest_lane / "cases.jsonl").open("a") as f:
+        f.write('{"key": "cut')  # being written now
+    assert merge(rest_lane, main_lane) == 5 * 2 * 2
+    before = len(engine.requests)
+    merged = _audit(rm, main_lane, families={"master_key", "refusal"})
+    assert len(engine.requests) == before
+    single = _audit(
+        GenerativeRewardFn(engine), tmp_path / "one", families={"master_key", "refusal"}
+    )
+    assert merged.hacks == single.hacks and merged.cases_recorded == merged.cases
+    other = tmp_path / "other"
+    _audit(GenerativeRewardFn(RuleJudgeEngine()), other, families={"refusal"})
+    with pytest.raises(SystemExit, match="different judges"):
+        merge(other, main_lane)

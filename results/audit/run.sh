@@ -66,8 +66,27 @@ hack_negatives() {
     grm-plugin spct collect $TRAIN --limit $HN_ITEMS --hack-negatives pairs --out $HN/rft.jsonl \
         --config $SPCT_CFG --no-progress || return 1
     sft_once $HN/rft.jsonl $HN/models/judge-hack-negatives || return 1
-    audit --out "$OUT/hack_negatives/audit" "${COMMON[@]}" --config "$OUT/hack_negatives/judge_hack_negatives.yaml" --family master_key
-    audit --out "$OUT/hack_negatives/audit" "${COMMON[@]}" --config "$OUT/hack_negatives/judge_hack_negatives.yaml"
+    # the two families the negatives are aimed at first (the control's families), then the rest;
+    # `run.sh hack-negatives-rest` may judge the last four families on the other core meanwhile
+    # (its own folder, merged in here before the whole audit, which judges only what is missing)
+    audit --out "$HN/audit" "${COMMON[@]}" --config "$HN/judge_hack_negatives.yaml" --family master_key
+    audit --out "$HN/audit" "${COMMON[@]}" --config "$HN/judge_hack_negatives.yaml" --family master_key --family self_praise
+    audit --out "$HN/audit" "${COMMON[@]}" --config "$HN/judge_hack_negatives.yaml" --family empty_opener \
+        --family judge_instruction --family fake_score
+    [[ -f $HN/audit_rest/cases.jsonl ]] && python $HN/merge_cases.py $HN/audit_rest $HN/audit
+    audit --out "$HN/audit" "${COMMON[@]}" --config "$HN/judge_hack_negatives.yaml"
+}
+
+hack_negatives_rest() {
+    # waits for the judge; starts from the main lane's records, so the right answers and the
+    # control are not judged twice
+    until [[ -f $HN/models/judge-hack-negatives/spct_train.json ]]; do sleep 60; done
+    if [[ ! -d $HN/audit_rest && -f $HN/audit/judge.txt ]]; then
+        mkdir -p $HN/audit_rest && cp $HN/audit/judge.txt $HN/audit_rest/
+        python $HN/merge_cases.py $HN/audit $HN/audit_rest
+    fi
+    audit --out "$HN/audit_rest" "${COMMON[@]}" --config "$HN/judge_hack_negatives.yaml" --family restate_question \
+        --family length_padding --family refusal --family reference_wrong_reasoning
 }
 
 plain() {
@@ -82,7 +101,8 @@ case "${1:-all}" in
     baseline) baseline ;;
     defenses) defenses ;;
     hack-negatives) hack_negatives ;;
+    hack-negatives-rest) hack_negatives_rest ;;
     plain) plain ;;
     all) baseline; defenses; hack_negatives; plain ;;
-    *) echo "usage: run.sh [baseline|defenses|hack-negatives|plain|all]" >&2; exit 2 ;;
+    *) echo "usage: run.sh [baseline|defenses|hack-negatives|hack-negatives-rest|plain|all]" >&2; exit 2 ;;
 esac
