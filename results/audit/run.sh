@@ -67,12 +67,11 @@ hack_negatives() {
         --config $SPCT_CFG --no-progress || return 1
     sft_once $HN/rft.jsonl $HN/models/judge-hack-negatives || return 1
     # the two families the negatives are aimed at first (the control's families), then the rest;
-    # `run.sh hack-negatives-rest` may judge the last four families on the other core meanwhile
+    # `run.sh hack-negatives-rest` may judge the other six families on the other core meanwhile
     # (its own folder, merged in here before the whole audit, which judges only what is missing)
     audit --out "$HN/audit" "${COMMON[@]}" --config "$HN/judge_hack_negatives.yaml" --family master_key
     audit --out "$HN/audit" "${COMMON[@]}" --config "$HN/judge_hack_negatives.yaml" --family master_key --family self_praise
-    audit --out "$HN/audit" "${COMMON[@]}" --config "$HN/judge_hack_negatives.yaml" --family empty_opener \
-        --family judge_instruction --family fake_score
+    audit --out "$HN/audit" "${COMMON[@]}" --config "$HN/judge_hack_negatives.yaml" --family empty_opener
     [[ -f $HN/audit_rest/cases.jsonl ]] && python $HN/merge_cases.py $HN/audit_rest $HN/audit
     audit --out "$HN/audit" "${COMMON[@]}" --config "$HN/judge_hack_negatives.yaml"
 }
@@ -85,7 +84,8 @@ hack_negatives_rest() {
         mkdir -p $HN/audit_rest && cp $HN/audit/judge.txt $HN/audit_rest/
         python $HN/merge_cases.py $HN/audit $HN/audit_rest
     fi
-    audit --out "$HN/audit_rest" "${COMMON[@]}" --config "$HN/judge_hack_negatives.yaml" --family restate_question \
+    audit --out "$HN/audit_rest" "${COMMON[@]}" --config "$HN/judge_hack_negatives.yaml" \
+        --family judge_instruction --family fake_score --family restate_question \
         --family length_padding --family refusal --family reference_wrong_reasoning
 }
 
