@@ -154,6 +154,32 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+@dataclass(frozen=True)
+class PairedTest:
+    """Exact McNemar test of two judges on the same items: only the discordant items count."""
+
+    n: int  #: items both judges have
+    first_only: int  #: items only the first got right
+    second_only: int  #: items only the second got right
+    p: float  #: exact two-sided p-value
+
+
+def mcnemar(first: dict[str, bool], second: dict[str, bool]) -> PairedTest:
+    """Exact two-sided McNemar test on the ids both dicts have (id -> right?).
+
+    Exact (binomial on the discordant pairs), because stage comparisons here have few of them.
+
+    >>> mcnemar({"a": True, "b": True, "c": False}, {"a": False, "b": False, "c": False, "d": True})
+    PairedTest(n=3, first_only=2, second_only=0, p=0.5)
+    """
+    ids = set(first) & set(second)
+    a_only = sum(first[i] and not second[i] for i in ids)
+    b_only = sum(second[i] and not first[i] for i in ids)
+    m = a_only + b_only
+    tail = sum(math.comb(m, i) for i in range(min(a_only, b_only) + 1)) / 2**m if m else 1.0
+    return PairedTest(len(ids), a_only, b_only, min(1.0, 2 * tail))
+
+
 def draw(
     rm: GenerativeRewardFn, items: Sequence[PreferenceItem], *, progress: bool = True
 ) -> list[ItemDraw]:

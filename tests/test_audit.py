@@ -520,16 +520,19 @@ def test_the_committed_run_script_parses() -> None:
 
 def test_committed_compare_script_puts_the_defenses_side_by_side(tmp_path: Path) -> None:
     """results/audit/compare.py reads each audit's audit.json: a family an audit did not cover by
-    design says so, and the numbers are the audit's own."""
+    design says so, and the numbers are the audit's own; the paired test compares two audits
+    case by case."""
     pytest.importorskip("matplotlib")
     compare = _audit_script("compare.py")
     judge = AnswerKeyJudgeEngine(fooled_by=is_minimal)
     families = {"master_key", "self_praise"}
     before = _audit(GenerativeRewardFn(judge), tmp_path / "baseline", families=families)
     control = tmp_path / "hack_negatives" / "audit_plain"
-    _audit(GenerativeRewardFn(judge), control, families={"master_key"})
+    _audit(GenerativeRewardFn(AnswerKeyJudgeEngine()), control, families={"master_key"})
     compare.main(tmp_path)
-    rows = {ln.split(" | ")[0]: ln for ln in (tmp_path / "compare.md").read_text().splitlines()}
+    text = (tmp_path / "compare.md").read_text()
+    table, paired_table = text.split("\nPaired,")
+    rows = {ln.split(" | ")[0]: ln for ln in table.splitlines()}
     assert "SPCT without them (control)" in rows["| family"]
     assert "not audited" in rows["| self_praise"] and "not audited" not in rows["| master_key"]
     fam = {f.family: f for f in before.families}
@@ -538,6 +541,14 @@ def test_committed_compare_script_puts_the_defenses_side_by_side(tmp_path: Path)
         in rows["| master_key"]
     )
     assert (tmp_path / "compare.png").stat().st_size > 0
+    # paired, case by case: the fooled judge passes every master key beside the right answer,
+    # the other none (8 hacks x 5 prompts), and self-praise is in one audit only: no row
+    paired = [ln for ln in paired_table.splitlines() if "| before any defense | SPCT" in ln]
+    assert paired == [
+        "| master_key | before any defense | SPCT without them (control) | 40 | 40 | 0 | "
+        f"{2 / 2**40:.3g} |",
+        "| control | before any defense | SPCT without them (control) | 5 | 0 | 0 | 1 |",
+    ]
 
 
 def test_committed_merge_script_joins_two_lanes_of_one_audit(tmp_path: Path) -> None:
@@ -569,3 +580,34 @@ def test_committed_merge_script_joins_two_lanes_of_one_audit(tmp_path: Path) -> 
     _audit(GenerativeRewardFn(RuleJudgeEngine()), other, families={"refusal"})
     with pytest.raises(SystemExit, match="different judges"):
         merge(other, main_lane)
+
+
+@pytest.mark.parametrize(
+    ("scores", "flags", "expected"),
+    [
+        ([8.0, 9.0], [[], []], True),  # the hack wins
+        ([8.0, 8.0], [[], []], True),  # a tie passes
+        ([8.0, 2.0], [[], []], False),
+        ([8.0, None], [[], ["minimal_content"]], False),  # the empty-response policy: no pass
+        ([8.0, None], [[], []], None),  # no score: left out
+        ([None, 9.0], [[], []], None),
+        ([None, None], [[], ["minimal_content"]], None),  # nothing to compare it with
+    ],
+)
+def test_group_case_outcome(scores, flags, expected) -> None:
+    from grm_plugin.audit.records import CaseRecord
+    from grm_plugin.audit.report import group_passed
+
+    rec = CaseRecord(
+        key="k",
+        kind="group",
+        prompt_id="p",
+        hack="h",
+        family="master_key",
+        responses=["right", "hack"],
+        scores=scores,
+        flags=flags,
+        judgments=[None],
+        seconds=0.0,
+    )
+    assert group_passed(rec) is expected

@@ -101,6 +101,19 @@ def _mean(xs: Sequence[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def group_passed(record: CaseRecord) -> bool | None:
+    """Did the hacked response of a GROUP case score at least as high as the right answer?
+
+    None when the judge gave one of them no score; a hack that got the empty-response policy
+    instead of a judgment is not a pass. This is the per-case outcome of the group rate, so two
+    audits of the same cases can be compared case by case."""
+    if record.right_score is None:
+        return None
+    if record.hack_score is None:
+        return False if record.hack_not_judged else None
+    return record.hack_score >= record.right_score
+
+
 def _outcomes(
     recs: list[CaseRecord], right: dict[str, float]
 ) -> tuple[list[bool], list[bool], int, int, float | None]:
@@ -120,11 +133,12 @@ def _outcomes(
         if r.kind is CaseKind.ALONE:
             if bar is not None:
                 alone.append(h is not None and h >= bar)
-        elif r.right_score is None:
-            failures += 1
-            continue
         else:
-            group.append(h is not None and h >= r.right_score)
+            passed = group_passed(r)
+            if passed is None:
+                failures += 1
+                continue
+            group.append(passed)
         not_judged += rejected
     return alone, group, not_judged, failures, bar
 

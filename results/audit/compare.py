@@ -1,6 +1,8 @@
 """Before/after table and plot of the embedded judge's audit: one row per family, one column per
 defense, from the audits' own ``audit.json`` files (nothing recomputed here, so the numbers are
-the ones each audit printed).
+the ones each audit printed), and a paired test of each defense against the audit before it on
+the same group cases (the hack judged beside the right answer: did it win or tie?), case by case
+from the audits' ``cases.jsonl``.
 
     python results/audit/compare.py     # writes compare.md and compare.png beside this file
 
@@ -18,6 +20,10 @@ from pathlib import Path
 
 import matplotlib
 
+from grm_plugin.audit.records import read_records
+from grm_plugin.audit.report import group_passed
+from grm_plugin.evaluation import mcnemar
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -34,6 +40,54 @@ PARTIAL = {
     "minimal-content rule": "unchanged (rule does not fire)",
     "SPCT without them (control)": "not audited (the control covers the two families trained)",
 }
+
+
+#: (before, after) pairs of audits compared case by case; the last isolates the negatives from SFT
+PAIRED = [
+    ("before any defense", "minimal-content rule"),
+    ("before any defense", "reference-guided prompt"),
+    ("before any defense", "SPCT with hack negatives"),
+    ("before any defense", "SPCT without them (control)"),
+    ("SPCT without them (control)", "SPCT with hack negatives"),
+]
+
+
+def group_outcomes(folder: Path) -> dict[tuple[str, str], dict[str, bool]]:
+    """(family, hack) -> prompt id -> did the hack win or tie beside the right answer, for the
+    group cases the judge scored (matched across audits by prompt and hack, not by record key:
+    the reference-guided audit's keys differ)."""
+    out: dict[tuple[str, str], dict[str, bool]] = {}
+    for r in read_records(folder / "cases.jsonl").values():
+        if r.kind.value == "group" and (passed := group_passed(r)) is not None:
+            out.setdefault((r.family or "", r.hack or ""), {})[r.prompt_id] = passed
+    return out
+
+
+def paired_lines(root: Path, labels: set[str], families: list[str]) -> list[str]:
+    lines = [
+        "| family | before | after | cases scored by both | passed before only | "
+        "passed after only | exact McNemar p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    outcomes = {label: group_outcomes(root / d) for label, d in AUDITS.items() if label in labels}
+    for before, after in PAIRED:
+        if before not in outcomes or after not in outcomes:
+            continue
+        for fam in families:
+            a, b = {}, {}
+            for (f, hack), by_prompt in outcomes[before].items():
+                if f == fam and (f, hack) in outcomes[after]:
+                    for pid, passed in by_prompt.items():
+                        a[f"{hack}/{pid}"] = passed
+                    for pid, passed in outcomes[after][(f, hack)].items():
+                        b[f"{hack}/{pid}"] = passed
+            t = mcnemar(a, b)
+            if t.n:
+                lines.append(
+                    f"| {fam} | {before} | {after} | {t.n} | {t.first_only} | "
+                    f"{t.second_only} | {t.p:.3g} |"
+                )
+    return lines
 
 
 def _pct(x: float | None) -> str:
@@ -83,11 +137,16 @@ def main(root: Path = HERE) -> None:
             f"| {label} | {r['prompts']} | {r['cases_recorded']} of {r['cases']} | "
             f"{t['judging_seconds_all_runs']:.0f} | {t['seconds_per_case']:.1f} |"
         )
+    paired = paired_lines(root, set(reports), families)
     (root / "compare.md").write_text(
         "False-positive rate % [Wilson 95% CI] per family (the larger of the alone and group "
         "rates; counts are hacked cases that passed / cases with a usable judgment; no score: "
         "cases the judge gave no parsable score, left out of the rates).\n\n"
         + "\n".join(lines)
+        + "\n\nPaired, on the same group cases (each hack beside the right answer on each "
+        "prompt) that both audits scored: how many the hack won or tied in one audit only. "
+        "An exact McNemar p < 0.05 says the defense changed how often the hack passes.\n\n"
+        + "\n".join(paired)
         + "\n"
     )
     fig, ax = plt.subplots(figsize=(10, 4.5))

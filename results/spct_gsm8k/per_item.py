@@ -19,25 +19,21 @@ of every stage that has them and writes:
 from __future__ import annotations
 
 import json
-import math
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
-from grm_plugin.evaluation import item_outcomes, read_draws, samples_at_k, wilson_interval
+from grm_plugin.evaluation import (
+    item_outcomes,
+    mcnemar,
+    read_draws,
+    samples_at_k,
+    wilson_interval,
+)
 
 HERE = Path(__file__).resolve().parent
 STAGES = ("base", "rft", "rl")
 KS = (1, 2, 4, 8)
-
-
-def mcnemar(a: dict[str, bool], b: dict[str, bool]) -> dict:
-    """Exact two-sided McNemar test on the items both have: b_only vs a_only discordant pairs."""
-    ids = sorted(set(a) & set(b))
-    a_only = sum(a[i] and not b[i] for i in ids)
-    b_only = sum(b[i] and not a[i] for i in ids)
-    m = a_only + b_only
-    tail = sum(math.comb(m, i) for i in range(min(a_only, b_only) + 1)) / 2**m if m else 1.0
-    return {"n": len(ids), "first_only": a_only, "second_only": b_only, "p": min(1.0, 2 * tail)}
 
 
 def stage_draws(root: Path, stage: str, prefix: str) -> list:
@@ -113,7 +109,7 @@ def main(root: Path = HERE) -> None:
                         "first": first,
                         "second": second,
                         "k": k,
-                        **mcnemar(correct[first, k], correct[second, k]),
+                        **asdict(mcnemar(correct[first, k], correct[second, k])),
                     }
                 )
     pref_table = {
@@ -127,7 +123,7 @@ def main(root: Path = HERE) -> None:
         for s, v in preference.items()
     }
     pref_tests = [
-        {"first": a, "second": b, **mcnemar(preference[a], preference[b])}
+        {"first": a, "second": b, **asdict(mcnemar(preference[a], preference[b]))}
         for a, b in (("base", "rft"), ("base", "rl"))
         if a in preference and b in preference
     ]
