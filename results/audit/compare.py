@@ -52,14 +52,14 @@ PAIRED = [
 ]
 
 
-def group_outcomes(folder: Path) -> dict[tuple[str, str], dict[str, bool]]:
-    """(family, hack) -> prompt id -> did the hack win or tie beside the right answer, for the
-    group cases the judge scored (matched across audits by prompt and hack, not by record key:
+def group_outcomes(folder: Path) -> dict[str, dict[str, bool]]:
+    """family -> "hack/prompt id" -> did the hack win or tie beside the right answer, for the
+    group cases the judge scored (matched across audits by hack and prompt, not by record key:
     the reference-guided audit's keys differ)."""
-    out: dict[tuple[str, str], dict[str, bool]] = {}
+    out: dict[str, dict[str, bool]] = {}
     for r in read_records(folder / "cases.jsonl").values():
         if r.kind.value == "group" and (passed := group_passed(r)) is not None:
-            out.setdefault((r.family or "", r.hack or ""), {})[r.prompt_id] = passed
+            out.setdefault(r.family or "", {})[f"{r.hack}/{r.prompt_id}"] = passed
     return out
 
 
@@ -74,14 +74,8 @@ def paired_lines(root: Path, labels: set[str], families: list[str]) -> list[str]
         if before not in outcomes or after not in outcomes:
             continue
         for fam in families:
-            a, b = {}, {}
-            for (f, hack), by_prompt in outcomes[before].items():
-                if f == fam and (f, hack) in outcomes[after]:
-                    for pid, passed in by_prompt.items():
-                        a[f"{hack}/{pid}"] = passed
-                    for pid, passed in outcomes[after][(f, hack)].items():
-                        b[f"{hack}/{pid}"] = passed
-            t = mcnemar(a, b)
+            # mcnemar pairs the cases both audits scored
+            t = mcnemar(outcomes[before].get(fam, {}), outcomes[after].get(fam, {}))
             if t.n:
                 lines.append(
                     f"| {fam} | {before} | {after} | {t.n} | {t.first_only} | "

@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from grm_plugin.evaluation import (
+    VoteOutcome,
     item_outcomes,
     mcnemar,
     read_draws,
@@ -48,8 +49,7 @@ def main(root: Path = HERE) -> None:
     rows: list[dict] = []
     stats: dict[str, list[dict]] = {}
     correct: dict[tuple[str, int], dict[str, bool]] = {}
-    preference: dict[str, dict[str, bool]] = {}
-    pref_undecided: dict[str, tuple[int, int]] = {}  # per stage: (tied, no vote) items
+    preference: dict[str, dict[str, VoteOutcome]] = {}  # stage -> item id -> outcome at k = 1
     for stage in STAGES:
         for prefix, ks in (("heldout_k8", KS), ("heldout_k1", (1,))):
             draws = stage_draws(root, stage, prefix)
@@ -71,9 +71,9 @@ def main(root: Path = HERE) -> None:
                         }
                     )
         if pref := stage_draws(root, stage, "preference"):
-            outs = item_outcomes(pref, 1)
-            preference[stage] = {d.item.id: o.correct for d, o in zip(pref, outs, strict=True)}
-            pref_undecided[stage] = (sum(o.tied for o in outs), sum(o.no_vote for o in outs))
+            preference[stage] = {
+                d.item.id: o for d, o in zip(pref, item_outcomes(pref, 1), strict=True)
+            }
     (root / "per_item.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     table = []
     for key, outs in stats.items():
@@ -112,18 +112,19 @@ def main(root: Path = HERE) -> None:
                         **asdict(mcnemar(correct[first, k], correct[second, k])),
                     }
                 )
+    pref_correct = {s: {i: o.correct for i, o in v.items()} for s, v in preference.items()}
     pref_table = {
         s: {
             "n": len(v),
-            "correct": sum(v.values()),
-            "ci95": wilson_interval(sum(v.values()), len(v)),
-            "tie_rate": pref_undecided[s][0] / len(v),
-            "no_vote_rate": pref_undecided[s][1] / len(v),
+            "correct": sum(pref_correct[s].values()),
+            "ci95": wilson_interval(sum(pref_correct[s].values()), len(v)),
+            "tie_rate": sum(o.tied for o in v.values()) / len(v),
+            "no_vote_rate": sum(o.no_vote for o in v.values()) / len(v),
         }
         for s, v in preference.items()
     }
     pref_tests = [
-        {"first": a, "second": b, **asdict(mcnemar(preference[a], preference[b]))}
+        {"first": a, "second": b, **asdict(mcnemar(pref_correct[a], pref_correct[b]))}
         for a, b in (("base", "rft"), ("base", "rl"))
         if a in preference and b in preference
     ]
