@@ -107,3 +107,47 @@ def test_status_reads_every_stage_without_writing(tmp_path: Path) -> None:
     ]
     assert "eval-base heldout_k8_00: 1 of 2 items" in lines
     assert "eval-rft heldout_k8_00: not started" in lines
+
+
+def test_the_committed_run_script_parses() -> None:
+    """run.sh runs these commands exactly: a renamed flag fails here, and so does a config it
+    names that does not load (each piece of this experiment costs hours; a typo found after a
+    3-hour stage is a lost piece)."""
+    import re
+    import shlex
+
+    from grm_plugin.cli.main import build_parser
+    from grm_plugin.config import JudgeConfig
+    from grm_plugin.spct.config import SPCTConfig
+
+    script = RESULTS / "run.sh"
+    if not script.is_file():
+        pytest.skip("no results/spct_gsm8k in this checkout")
+    root = RESULTS.parents[1]
+    text = script.read_text().replace("\\\n", " ")
+    names = {"R": "results/spct_gsm8k", "CFG": "results/spct_gsm8k/spct.yaml", "stage": "base"}
+    names |= {"PROBLEMS": "328", "ks": "1,2,4,8", "shard": "x.jsonl", "name": "heldout_k8_00"}
+
+    def expand(line: str) -> list[str]:
+        line = re.sub(r"\$\{?([A-Za-z_]+)\}?", lambda m: names.get(m.group(1), m.group(0)), line)
+        assert "$" not in line, line
+        return shlex.split(line[line.index("grm-plugin") :])
+
+    commands = [expand(ln) for ln in text.splitlines() if re.search(r"step \S+ grm-plugin", ln)]
+    assert {tuple(c[1:3]) for c in commands} >= {
+        ("spct", "make-pairs"),
+        ("spct", "collect"),
+        ("spct", "sft"),
+        ("spct", "rl"),
+    }
+    assert any(c[1] == "eval" for c in commands)
+    for argv in commands:
+        args = build_parser().parse_args(argv[1:])
+        if argv[1] == "spct":
+            SPCTConfig.load(root / args.config)
+        if argv[2] == "make-pairs":  # it stops at PROBLEMS, or a rerun would start the policy
+            assert args.limit == 328
+    for stage in ("base", "rft", "rl"):  # the eval step's --config judge_$stage.yaml
+        JudgeConfig.load(RESULTS / f"judge_{stage}.yaml")
+    for name in re.findall(r"python \$R/(\S+\.py)", text):  # its helper scripts are committed
+        assert (RESULTS / name).is_file(), name

@@ -35,11 +35,18 @@ split() {
   step split python $R/split.py --data "$DATA" --out-dir $R/data
 }
 
+# make-pairs stops after the first PROBLEMS problems of data/problems.jsonl. 328 (200 items): on
+# 2026-12-07 collect was 65 items from the end of them, and going on to ~400 problems (~24 more
+# records) would cost a llama-cpp-python build each session (this machine starts bare) on top of
+# ~1 h of the 1.5B policy (PLAN.md, update of 2026-12-07 08:20 UTC). Raise it to add items;
+# collect then judges only the new ones.
+PROBLEMS=${PROBLEMS:-328}
+
 make_pairs() {  # resumes per problem; a finished run starts no server
   split
-  local done=0
-  [[ -f $R/train.counts.json ]] && done=$(python -c "import json,sys; c=json.load(open(sys.argv[1])); print(int(c['problems_done'] >= c['problems_read']))" $R/train.counts.json)
-  if [[ $done != 1 ]]; then
+  local made=0
+  [[ -f $R/train.progress.jsonl ]] && made=$(grep -c . $R/train.progress.jsonl || true)
+  if (( made < PROBLEMS )); then
     # the policy (spct.yaml make_pairs.engine): the 1.5B model on llama.cpp, port 8091, for
     # this stage only; stopped again however the stage ends
     local gguf
@@ -47,7 +54,7 @@ make_pairs() {  # resumes per problem; a finished run starts no server
     GGUF=$gguf PORT=8091 $R/llama_server.sh > /dev/null
     trap 'PORT=8091 $R/llama_server.sh stop' EXIT
     step make-pairs grm-plugin spct make-pairs $R/data/problems.jsonl --out $R/train.jsonl \
-      --config $CFG --no-progress
+      --config $CFG --limit "$PROBLEMS" --no-progress
     PORT=8091 $R/llama_server.sh stop
     trap - EXIT
   fi
