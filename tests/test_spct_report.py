@@ -126,7 +126,8 @@ def test_the_committed_run_script_parses() -> None:
     root = RESULTS.parents[1]
     text = script.read_text().replace("\\\n", " ")
     names = {"R": "results/spct_gsm8k", "CFG": "results/spct_gsm8k/spct.yaml", "stage": "base"}
-    names |= {"PROBLEMS": "328", "ks": "1,2,4,8", "shard": "x.jsonl", "name": "heldout_k8_00"}
+    (problems,) = re.findall(r"^PROBLEMS=\$\{PROBLEMS:-(\d+)\}$", text, flags=re.M)
+    names |= {"PROBLEMS": problems, "ks": "1,2,4,8", "shard": "x.jsonl", "name": "heldout_k8_00"}
 
     def expand(line: str) -> list[str]:
         line = re.sub(r"\$\{?([A-Za-z_]+)\}?", lambda m: names.get(m.group(1), m.group(0)), line)
@@ -146,7 +147,7 @@ def test_the_committed_run_script_parses() -> None:
         if argv[1] == "spct":
             SPCTConfig.load(root / args.config)
         if argv[2] == "make-pairs":  # it stops at PROBLEMS, or a rerun would start the policy
-            assert args.limit == 328
+            assert args.limit == int(problems)
     for stage in ("base", "rft", "rl"):  # the eval step's --config judge_$stage.yaml
         JudgeConfig.load(RESULTS / f"judge_{stage}.yaml")
     for name in re.findall(r"python \$R/(\S+\.py)", text):  # its helper scripts are committed
