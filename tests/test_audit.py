@@ -481,33 +481,33 @@ def test_the_committed_run_script_parses() -> None:
     from grm_plugin.cli.main import build_parser
     from grm_plugin.config import JudgeConfig
 
+    from .run_scripts import assignments, expand, script_text
+
     root = Path(__file__).resolve().parents[1]
     script = root / "results" / "audit" / "run.sh"
     if not script.is_file():
         pytest.skip("no results/audit/run.sh in this checkout")
-    text = script.read_text().replace("\\\n", " ")
-    names = dict(re.findall(r"^([A-Z_]+)=(\S+)$", text, flags=re.M))
-    names["OUT"] = "results/audit"
+    text = script_text(script)
+    names = assignments(text)
 
-    def expand(line: str) -> list[str]:
+    def command(line: str) -> list[str]:
         line = line.replace('"${COMMON[@]}"', "--limit-prompts 5 --seed 0")
         line = line.replace('"$1"', "records.jsonl").replace('"$2"', "out").replace("$2", "out")
-        for _ in range(3):  # names defined in terms of others ($HN=$OUT/...)
-            line = re.sub(r"\$([A-Z_]+)", lambda m: names.get(m.group(1), m.group(0)), line)
-        assert "$" not in line, line
         # the command itself, without the guard before it or the fallback after it
-        (command,) = [c for c in line.split(" || ") if "grm-plugin" in c or c.startswith("audit")]
-        return shlex.split(command)
+        (cmd,) = [
+            c
+            for c in expand(line, names).split(" || ")
+            if "grm-plugin" in c or c.startswith("audit")
+        ]
+        return shlex.split(cmd)
 
     lines = [ln.strip() for ln in text.splitlines()]
-    audits = [expand(ln) for ln in lines if ln.startswith("audit --out")]
-    spct = [expand(ln) for ln in lines if "grm-plugin spct" in ln]
+    audits = [command(ln) for ln in lines if ln.startswith("audit --out")]
+    spct = [command(ln) for ln in lines if "grm-plugin spct" in ln]
     assert audits and spct
-    scripts = [w for ln in lines for w in re.findall(r"python (\S+\.py)", ln)]
+    scripts = [expand(w, names) for ln in lines for w in re.findall(r"python (\S+\.py)", ln)]
     assert scripts
     for name in scripts:  # the helper scripts it runs are committed beside it
-        for _ in range(3):
-            name = re.sub(r"\$([A-Z_]+)", lambda m: names.get(m.group(1), m.group(0)), name)
         assert (root / name).is_file(), name
     for argv in audits:
         args = build_parser().parse_args(["audit", *argv[1:]])

@@ -120,21 +120,23 @@ def test_the_committed_run_script_parses() -> None:
     from grm_plugin.config import JudgeConfig
     from grm_plugin.spct.config import SPCTConfig
 
+    from .run_scripts import assignments, expand, script_text
+
     script = RESULTS / "run.sh"
     if not script.is_file():
         pytest.skip("no results/spct_gsm8k in this checkout")
     root = RESULTS.parents[1]
-    text = script.read_text().replace("\\\n", " ")
-    names = {"R": "results/spct_gsm8k", "CFG": "results/spct_gsm8k/spct.yaml", "stage": "base"}
-    (problems,) = re.findall(r"^PROBLEMS=\$\{PROBLEMS:-(\d+)\}$", text, flags=re.M)
-    names |= {"PROBLEMS": problems, "ks": "1,2,4,8", "shard": "x.jsonl", "name": "heldout_k8_00"}
+    text = script_text(script)
+    names = assignments(text)
+    problems = names["PROBLEMS"]
+    # the loop variables of evaluate(), as for one k8 shard of the base stage
+    names |= {"stage": "base", "ks": "1,2,4,8", "shard": "x.jsonl", "name": "heldout_k8_00"}
 
-    def expand(line: str) -> list[str]:
-        line = re.sub(r"\$\{?([A-Za-z_]+)\}?", lambda m: names.get(m.group(1), m.group(0)), line)
-        assert "$" not in line, line
+    def command(line: str) -> list[str]:
+        line = expand(line, names)
         return shlex.split(line[line.index("grm-plugin") :])
 
-    commands = [expand(ln) for ln in text.splitlines() if re.search(r"step \S+ grm-plugin", ln)]
+    commands = [command(ln) for ln in text.splitlines() if re.search(r"step \S+ grm-plugin", ln)]
     assert {tuple(c[1:3]) for c in commands} >= {
         ("spct", "make-pairs"),
         ("spct", "collect"),
