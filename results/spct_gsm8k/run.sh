@@ -88,8 +88,22 @@ collect() {  # resumes per item
 }
 
 sft() {  # resumes from the last checkpoint in models/judge-rft.checkpoints
-  [[ -f $R/models/judge-rft/spct_train.json ]] && return 0
-  step sft grm-plugin spct sft $R/rft.jsonl --out $R/models/judge-rft --config $CFG --no-progress
+  if [[ ! -f $R/models/judge-rft/spct_train.json ]]; then
+    step sft grm-plugin spct sft $R/rft.jsonl --out $R/models/judge-rft --config $CFG --no-progress
+  fi
+  # the RFT judge is the adapter alone (~18 MB): committed, so that rl and eval-rft go on
+  # where this machine's ignored models/ is gone (a fresh machine) without hours of sft again
+  if [[ ! -f $R/adapter_rft/spct_train.json ]]; then
+    mkdir -p $R/adapter_rft
+    cp $R/models/judge-rft/* $R/adapter_rft/
+  fi
+}
+
+restore_rft() {  # models/judge-rft from the committed adapter_rft/, where it is missing
+  if [[ ! -f $R/models/judge-rft/spct_train.json && -f $R/adapter_rft/spct_train.json ]]; then
+    mkdir -p $R/models/judge-rft
+    cp $R/adapter_rft/* $R/models/judge-rft/
+  fi
 }
 
 rl() {  # resumes from the last checkpoint in models/judge-rl.checkpoints
@@ -138,6 +152,7 @@ report() {
 
 stages=("$@")
 [[ ${#stages[@]} -eq 0 ]] && stages=(split make-pairs collect sft rl adapter eval-base eval-rft eval-rl report)
+restore_rft
 for s in "${stages[@]}"; do
   case $s in
     split) split ;;
