@@ -148,6 +148,22 @@ def test_an_adapter_on_another_base_is_a_clear_error(
         _engine_logits(cfg)
 
 
+def test_an_adapter_whose_weights_are_not_its_manifests_is_refused(
+    tiny: Path, both: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(both / "adapter", copy)
+    weights = copy / "adapter_model.safetensors"
+    # a copy cut short: the first half of the file
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    cfg = TransformersEngineConfig(model=str(tiny), adapter=str(copy), device="cpu")
+    with pytest.raises(ValueError, match="do not match its spct_adapter.json.*copy the adapter"):
+        _engine_logits(cfg)
+    weights.unlink()
+    with pytest.raises(ValueError, match="sha256 missing"):
+        _engine_logits(cfg)
+
+
 def test_loading_an_adapter_without_peft_says_to_install_it(
     tiny: Path, both: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -335,3 +351,39 @@ def test_sft_reports_and_warns_about_examples_max_length_drops_or_cuts(
     quiet = SFTSettings(base=str(tiny), save="adapter", **FAST)
     report = train_sft(read_rft_records(records), tmp_path / "sft2", quiet, progress=False)
     assert report["too_long"] == {**report["too_long"], "dropped": 0, "cut": 0}
+
+
+def test_the_experiment_script_keeps_adapters_checked(both: Path, tmp_path: Path) -> None:
+    """results/spct_gsm8k/run.sh copies adapters in and out of its ignored models/ (the RFT
+    judge restored from the committed adapter_rft/, the final one published to adapter/), each
+    checked against its manifest: a cut copy stops the script instead of being committed."""
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    r = tmp_path / "results" / "spct_gsm8k"
+    r.mkdir(parents=True)
+    shutil.copy(repo / "results" / "spct_gsm8k" / "run.sh", r / "run.sh")
+    shutil.copytree(both / "adapter", r / "adapter_rft")
+    (r / "adapter_rft" / "spct_train.json").write_text("{}\n")
+    shutil.copytree(both / "adapter", r / "models" / "judge-rl")
+    # the python that runs the tests, which has grm_plugin
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", str(r / "run.sh"), "adapter"], env=env, capture_output=True, text=True
+        )
+
+    done = run()
+    assert done.returncode == 0, done.stderr
+    sha = json.loads((both / "adapter" / "spct_adapter.json").read_text())["sha256"]
+    for kept in (r / "models" / "judge-rft", r / "adapter"):
+        assert (kept / "SHA256SUMS").read_text() == f"{sha}  adapter_model.safetensors\n"
+        assert (kept / "adapter_config.json").is_file()
+    assert (r / "models" / "judge-rft" / "spct_train.json").is_file()
+    weights = r / "models" / "judge-rl" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    failed = run()
+    assert failed.returncode != 0
+    assert "do not match its spct_adapter.json" in failed.stderr

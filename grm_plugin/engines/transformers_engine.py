@@ -151,6 +151,30 @@ DEFAULT_BASE = "default"
 BASE_SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_adapter_weights(folder: Path, manifest: dict[str, Any]) -> None:
+    """ValueError unless the weights file is the one the manifest was written for: a partial
+    copy or a replaced file would otherwise load and judge with wrong weights, silently."""
+    weights = folder / manifest.get("weights", "adapter_model.safetensors")
+    want = manifest.get("sha256")
+    if want is None:
+        return
+    have = file_sha256(weights) if weights.is_file() else "missing"
+    if have != want:
+        raise ValueError(
+            f"the adapter's weights {weights} do not match its {ADAPTER_MANIFEST} (sha256 "
+            f"{have[:12]}, manifest {want[:12]}): a partial copy or another file; copy the "
+            "adapter folder again"
+        )
+
+
 def is_adapter_folder(spec: str | Path) -> bool:
     """A peft adapter folder (``adapter_config.json``) that is not a whole model."""
     p = Path(spec).expanduser()
@@ -207,7 +231,9 @@ def apply_adapter(model: Any, adapter: str | Path) -> Any:
     name = getattr(model.config, "_name_or_path", "the model")
     manifest = folder / ADAPTER_MANIFEST
     if manifest.is_file():
-        want = json.loads(manifest.read_text()).get("base_shape") or {}
+        recorded = json.loads(manifest.read_text())
+        check_adapter_weights(folder, recorded)
+        want = recorded.get("base_shape") or {}
         have = base_shape(model.config)
         wrong = {k: (v, have.get(k)) for k, v in want.items() if have.get(k) != v}
         if wrong:

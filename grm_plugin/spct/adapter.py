@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -32,18 +31,11 @@ from ..engines.transformers_engine import (
     DEFAULT_BASE,
     adapter_base,
     base_shape,
+    file_sha256,
     is_adapter_folder,
 )
 
 WEIGHTS = "adapter_model.safetensors"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def manifest_base(base: str | None) -> str:

@@ -93,16 +93,12 @@ sft() {  # resumes from the last checkpoint in models/judge-rft.checkpoints
   fi
   # the RFT judge is the adapter alone (~18 MB): committed, so that rl and eval-rft go on
   # where this machine's ignored models/ is gone (a fresh machine) without hours of sft again
-  if [[ ! -f $R/adapter_rft/spct_train.json ]]; then
-    mkdir -p $R/adapter_rft
-    cp $R/models/judge-rft/* $R/adapter_rft/
-  fi
+  [[ -f $R/adapter_rft/spct_train.json ]] || keep_adapter $R/models/judge-rft $R/adapter_rft
 }
 
 restore_rft() {  # models/judge-rft from the committed adapter_rft/, where it is missing
   if [[ ! -f $R/models/judge-rft/spct_train.json && -f $R/adapter_rft/spct_train.json ]]; then
-    mkdir -p $R/models/judge-rft
-    cp $R/adapter_rft/* $R/models/judge-rft/
+    keep_adapter $R/adapter_rft $R/models/judge-rft
   fi
 }
 
@@ -112,23 +108,32 @@ rl() {  # resumes from the last checkpoint in models/judge-rl.checkpoints
     --config $CFG --no-progress
 }
 
+keep_adapter() {  # keep_adapter SRC DEST: copy an adapter folder, checked against its manifest
+  # (sha256; <= 32 MiB, what may be committed), with a SHA256SUMS beside it
+  local src=$1 dest=$2 f
+  mkdir -p "$dest"
+  for f in adapter_config.json adapter_model.safetensors spct_adapter.json spct_train.json; do
+    if [[ -f $src/$f ]]; then cp "$src/$f" "$dest/"; fi
+  done
+  python - "$dest" <<'EOF'
+import json, sys
+from pathlib import Path
+from grm_plugin.engines.transformers_engine import check_adapter_weights, file_sha256
+d = Path(sys.argv[1])
+manifest = json.loads((d / "spct_adapter.json").read_text())
+check_adapter_weights(d, manifest)
+weights = d / manifest["weights"]
+size = weights.stat().st_size
+assert size <= 32 * 2**20, f"{weights} is {size / 2**20:.1f} MiB (> 32 MiB)"
+sha = file_sha256(weights)
+(d / "SHA256SUMS").write_text(f"{sha}  {weights.name}\n")
+print(f"{d}: {size / 2**20:.1f} MiB, sha256 {sha}")
+EOF
+}
+
 adapter() {  # the final judge's LoRA adapter (rl saves it stacked onto the RFT one) -> adapter/
   [[ -f $R/models/judge-rl/spct_adapter.json ]] || { echo "no rl adapter yet" >&2; exit 1; }
-  mkdir -p $R/adapter
-  cp $R/models/judge-rl/{adapter_config.json,adapter_model.safetensors,spct_adapter.json} \
-    $R/adapter/
-  python - "$R/adapter" <<'EOF'
-import hashlib, json, sys
-from pathlib import Path
-d = Path(sys.argv[1])
-weights = (d / "adapter_model.safetensors").read_bytes()
-manifest = json.loads((d / "spct_adapter.json").read_text())
-sha = hashlib.sha256(weights).hexdigest()
-assert sha == manifest["sha256"], "the adapter's weights do not match its manifest"
-assert len(weights) <= 32 * 2**20, f"adapter is {len(weights) / 2**20:.1f} MiB (> 32 MiB)"
-(d / "SHA256SUMS").write_text(f"{sha}  adapter_model.safetensors\n")
-print(f"adapter/: {len(weights) / 2**20:.1f} MiB, sha256 {sha} (put it in the README)")
-EOF
+  keep_adapter $R/models/judge-rl $R/adapter  # its sha256 goes in the README
 }
 
 evaluate() {  # evaluate STAGE: every held-out shard, then the preference items; per shard
