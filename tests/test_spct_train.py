@@ -315,7 +315,10 @@ def test_sft_resumes_from_its_last_checkpoint(tiny: Path, records: Path, tmp_pat
     report = train_sft(recs, out, settings, progress=False, callbacks=[counter])
     assert report["resumed_from"].endswith("checkpoint-1") and report["steps"] == 3
     assert counter.steps == 2  # steps 2 and 3 only: step 1 came from the checkpoint
+    losses = [h["loss"] for h in report["log_history"] if "loss" in h]
     assert [h["step"] for h in report["log_history"] if "loss" in h] == [1, 2, 3]
+    # the loss reported is over all 3 steps, also the one trained before the interruption
+    assert report["train_loss"] == pytest.approx(sum(losses) / 3) and report["train_loss"] > 0
     assert not checkpoints_path(out).exists()  # removed once the judge is saved
     _loads_as_judge(out)
 

@@ -33,6 +33,13 @@ def _overrides(settings, args: argparse.Namespace, flags: dict[str, str]):
     return type(settings).model_validate(data)
 
 
+def _resumed(report: dict) -> str:
+    """Says that the time is this run's alone when training went on from a checkpoint."""
+    if not report.get("resumed_from"):
+        return ""
+    return f" in this run (resumed from {report['resumed_from']})"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "spct",
@@ -278,7 +285,8 @@ def run_sft(args: argparse.Namespace) -> int:
     report = train_sft(records, args.out, settings, progress=not args.no_progress)
     print(
         f"sft: {report['examples']} examples, {report['steps']} steps, "
-        f"{report['train_seconds']:.0f}s, loss {report['train_loss']:.4f} -> {args.out}"
+        f"{report['train_seconds']:.0f}s{_resumed(report)}, mean loss "
+        f"{report['train_loss']:.4f} -> {args.out}"
     )
     return 0
 
@@ -320,5 +328,8 @@ def run_rl(args: argparse.Namespace) -> int:
         f"{result['steps_without_signal']} of {result['steps']} steps had equal rewards in "
         "every group (zero advantage: they could not learn)"
     )
-    print(f"rl: {result['steps']} steps, {result['train_seconds']:.0f}s -> {args.out}")
+    print(
+        f"rl: {result['steps']} steps, {result['train_seconds']:.0f}s{_resumed(result)} "
+        f"-> {args.out}"
+    )
     return 0

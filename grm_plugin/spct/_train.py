@@ -57,6 +57,17 @@ def save_mode(settings: SFTSettings | RLSettings) -> str:
     return settings.save or ("adapter" if settings.lora is not None else "merged")
 
 
+def mean_step_loss(log_history: list[dict[str, Any]]) -> float:
+    """The mean training loss over the logged steps (one log per step: ``logging_steps=1``).
+
+    Example:
+        >>> mean_step_loss([{"loss": 1.0, "step": 1}, {"loss": 0.5, "step": 2}, {"train_loss": 0}])
+        0.75
+    """
+    losses = [h["loss"] for h in log_history if "loss" in h]
+    return sum(losses) / len(losses) if losses else float("nan")
+
+
 def save_judge(
     model: Any,
     tokenizer: Any,

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ._train import load_base, run_stage
+from ._train import load_base, mean_step_loss, run_stage
 from .collect import RFTRecord
 from .config import SFTSettings
 
@@ -206,6 +206,8 @@ def train_sft(
             "general_data": general.model_dump() if settings.general_data else None,
             "too_long": lengths.model_dump(),
         },
-        outcome=lambda trainer, result: {"train_loss": result.training_loss},
+        # not result.training_loss: on a resumed run that averages only the steps of this call
+        # over all steps (0 when it resumed at the last step); the log history holds every step
+        outcome=lambda trainer, result: {"train_loss": mean_step_loss(trainer.state.log_history)},
         progress=progress,
     )
