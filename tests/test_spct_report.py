@@ -72,6 +72,8 @@ def test_per_item_is_strict_and_pairs_the_stages(tmp_path: Path) -> None:
         0.25,
     )
     assert base_1["accuracy_when_voted"] == pytest.approx(2 / 6)
+    # decisive: "right" and "wrong" of each shard, not the tie or the unparsed item
+    assert (base_1["decisive"], base_1["accuracy_when_decisive"]) == (4, 0.5)
     assert summary["preference"]["rft"]["correct"] == 2
     # the preference shard holds "right" and "tie": base ties on one of its two items
     assert (

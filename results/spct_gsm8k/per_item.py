@@ -8,8 +8,9 @@ of every stage that has them and writes:
   no parsed sample, is wrong). k = 1, 2, 4, 8 on the ``k8`` shards (voting over the first k
   samples of one draw of 8), k = 1 on every shard.
 - ``summary.json`` / ``summary.md``: per stage and k, strict accuracy with a Wilson 95% interval,
-  tie rate, no-vote rate, sample parse-failure rate, tie-broken accuracy (labeled as such) and
-  strict accuracy on the items with a vote (judging apart from writing a parsable score);
+  tie rate, no-vote rate, sample parse-failure rate, tie-broken accuracy (labeled as such),
+  strict accuracy on the items with a vote (judging apart from writing a parsable score) and
+  on the items where the vote picked one response (no tie: 50% is a coin);
   exact McNemar tests between stages on the same items; the preference items at k = 1.
 - ``accuracy_vs_k.png``: strict accuracy against k, one line per stage, on the k8 items.
 
@@ -98,6 +99,12 @@ def main(root: Path = HERE) -> None:
                 "accuracy_when_voted": c / voted
                 if (voted := sum(not o["no_vote"] for o in outs))
                 else None,
+                # and on the items where the vote picked one response (no tie): 50% is a coin,
+                # so a stage that only learned to write score lines stays near it
+                "accuracy_when_decisive": c / decisive
+                if (decisive := sum(not (o["no_vote"] or o["tied"]) for o in outs))
+                else None,
+                "decisive": decisive,
             }
         )
     tests = []
@@ -120,6 +127,7 @@ def main(root: Path = HERE) -> None:
             "ci95": wilson_interval(sum(pref_correct[s].values()), len(v)),
             "tie_rate": sum(o.tied for o in v.values()) / len(v),
             "no_vote_rate": sum(o.no_vote for o in v.values()) / len(v),
+            "decisive": sum(not (o.no_vote or o.tied) for o in v.values()),
         }
         for s, v in preference.items()
     }
@@ -137,15 +145,17 @@ def main(root: Path = HERE) -> None:
     (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [
         "| stage | k | n | strict accuracy | 95% CI | ties | no vote | parse failures "
-        "(samples) | tie-broken accuracy | strict accuracy when voted |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "(samples) | tie-broken accuracy | strict accuracy when voted | accuracy when decisive "
+        "(items) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in table:
         lines.append(
             f"| {t['stage']} | {t['k']} | {t['n']} | {t['accuracy']:.1%} | "
             f"{t['ci95'][0]:.1%}-{t['ci95'][1]:.1%} | {t['tie_rate']:.1%} | "
             f"{t['no_vote_rate']:.1%} | {t['parse_failure_rate']:.1%} | "
-            f"{t['tie_broken_accuracy']:.1%} | {_pct(t['accuracy_when_voted'])} |"
+            f"{t['tie_broken_accuracy']:.1%} | {_pct(t['accuracy_when_voted'])} | "
+            f"{_pct(t['accuracy_when_decisive'])} ({t['decisive']}) |"
         )
     lines += [
         "",
@@ -162,13 +172,15 @@ def main(root: Path = HERE) -> None:
             "",
             "Preference items (human preference, k = 1; does math judging transfer?):",
             "",
-            "| stage | n | strict accuracy | 95% CI | ties | no vote |",
-            "|---|---|---|---|---|---|",
+            "| stage | n | strict accuracy | 95% CI | ties | no vote | accuracy when decisive "
+            "(items) |",
+            "|---|---|---|---|---|---|---|",
         ]
         lines += [
             f"| {s} | {t['n']} | {t['correct'] / t['n']:.1%} | "
             f"{t['ci95'][0]:.1%}-{t['ci95'][1]:.1%} | {t['tie_rate']:.1%} | "
-            f"{t['no_vote_rate']:.1%} |"
+            f"{t['no_vote_rate']:.1%} | "
+            f"{_pct(t['correct'] / t['decisive'] if t['decisive'] else None)} ({t['decisive']}) |"
             for s, t in pref_table.items()
         ]
         lines += [
