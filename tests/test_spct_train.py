@@ -73,6 +73,32 @@ def test_sft_drop_hinted_and_full_fine_tuning(tiny: Path, records: Path, tmp_pat
     assert report["examples"] == 1 and report["hinted_examples"] == 0
 
 
+def test_sft_leaves_out_judgments_shorter_than_min_judgment_chars(
+    tiny: Path, records: Path, tmp_path: Path
+) -> None:
+    recs = read_rft_records(records)
+    # one record with a critique before its score line, the others bare
+    first = recs[0].messages[-1]["content"]
+    critique = "Analysis: response 1 answers the question; response 2 does not.\n"
+    recs[0] = recs[0].model_copy(
+        update={
+            "messages": [*recs[0].messages[:-1], {"role": "assistant", "content": critique + first}]
+        }
+    )
+    lengths = sorted(len(r.messages[-1]["content"]) for r in recs)
+    bound = len(critique + first)
+    assert lengths[0] < bound <= lengths[-1]
+    settings = SFTSettings(base=str(tiny), max_steps=1, min_judgment_chars=bound)
+    report = train_sft(recs, tmp_path / "sft", settings, progress=False)
+    short = sum(n < bound for n in lengths)
+    assert short >= 1 and report["short_dropped"] == short
+    assert report["examples"] == len(recs) - short
+    with pytest.raises(ValueError, match="shorter than min_judgment_chars"):
+        train_sft(
+            recs, tmp_path / "none", settings.model_copy(update={"min_judgment_chars": 10**6})
+        )
+
+
 def test_sft_completion_only_loss_masks_the_prompt(tiny: Path, records: Path) -> None:
     """The loss covers the judgment tokens only: trl's collator masks every prompt token."""
     from datasets import Dataset

@@ -204,6 +204,12 @@ class SFTSettings(_TrainsJudge):
         description="records from the hinted retry: train on them with the hinted prompt they "
         "were sampled with, or leave them out",
     )
+    min_judgment_chars: int = Field(
+        0,
+        ge=0,
+        description="records whose judgment is shorter are left out (0: none): a bare score "
+        "line that names the right response by chance teaches the format, not the judging",
+    )
     trl: dict[str, Any] = Field(
         default_factory=dict,
         description="more trl SFTConfig fields, passed as they are "
