@@ -145,6 +145,8 @@ def _write_converted(gguf: Path, folder: Path) -> None:
 
 #: written beside a LoRA adapter by ``grm-plugin spct``: its base model, sha256 and size
 ADAPTER_MANIFEST = "spct_adapter.json"
+#: peft's weights file in an adapter folder, the one the manifest's sha256 is of
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 #: the base named in a manifest when the adapter was trained on the embedded demo judge
 DEFAULT_BASE = "default"
 #: config fields an adapter's base must share with the model it is applied to
@@ -162,7 +164,7 @@ def file_sha256(path: Path) -> str:
 def check_adapter_weights(folder: Path, manifest: dict[str, Any]) -> None:
     """ValueError unless the weights file is the one the manifest was written for: a partial
     copy or a replaced file would otherwise load and judge with wrong weights, silently."""
-    weights = folder / manifest.get("weights", "adapter_model.safetensors")
+    weights = folder / manifest.get("weights", ADAPTER_WEIGHTS)
     want = manifest.get("sha256")
     if want is None:
         return

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..engines.transformers_engine import (
     ADAPTER_MANIFEST,
+    ADAPTER_WEIGHTS,
     DEFAULT_BASE,
     adapter_base,
     base_shape,
@@ -35,7 +36,7 @@ from ..engines.transformers_engine import (
     is_adapter_folder,
 )
 
-WEIGHTS = "adapter_model.safetensors"
+WEIGHTS = ADAPTER_WEIGHTS
 
 
 def manifest_base(base: str | None) -> str:

@@ -159,8 +159,8 @@ def train_sft(
     used = [r for r in records if settings.hinted == "as_seen" or not r.hinted]
     # a 2-response pair is named right half the time by chance, so a judge that decides at a
     # coin's rate keeps many bare score lines (results/spct_gsm8k: 55 of 103 records)
-    short = sum(len(r.messages[-1]["content"]) < settings.min_judgment_chars for r in used)
-    used = [r for r in used if len(r.messages[-1]["content"]) >= settings.min_judgment_chars]
+    long_enough = [r for r in used if len(r.messages[-1]["content"]) >= settings.min_judgment_chars]
+    short, used = len(used) - len(long_enough), long_enough
     examples = sft_examples(used)
     if not examples:
         raise ValueError(
