@@ -349,6 +349,42 @@ def test_sft_resumes_from_its_last_checkpoint(tiny: Path, records: Path, tmp_pat
     _loads_as_judge(out)
 
 
+def test_a_resumed_run_checkpoints_at_its_own_interval(
+    tiny: Path, records: Path, tmp_path: Path
+) -> None:
+    # transformers keeps the interval of the checkpoint it resumes from; ours is the settings'
+    from transformers import TrainerCallback
+
+    class Saves(TrainerCallback):
+        steps: list[int] = []
+
+        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+            Saves.steps.append(state.global_step)
+
+    out = tmp_path / "sft"
+    settings = SFTSettings(base=str(tiny), lora=LoraSettings(r=4, alpha=8), max_steps=4)
+    recs = read_rft_records(records)
+    with pytest.raises(_Interrupt):
+        train_sft(
+            recs,
+            out,
+            settings.model_copy(update={"save_steps": 2}),
+            progress=False,
+            callbacks=[Saves(), _stop_at(3)],
+        )
+    assert Saves.steps == [2]
+    Saves.steps = []
+    report = train_sft(
+        recs,
+        out,
+        settings.model_copy(update={"save_steps": 1}),
+        progress=False,
+        callbacks=[Saves()],
+    )
+    assert report["resumed_from"].endswith("checkpoint-2")
+    assert Saves.steps == [3, 4]  # the old interval of 2 saved at step 4 only
+
+
 def test_rl_resumes_from_its_last_checkpoint(tiny: Path, tmp_path: Path) -> None:
     from grm_plugin.spct import RLSettings
     from grm_plugin.spct._train import checkpoints_path

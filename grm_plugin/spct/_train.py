@@ -223,6 +223,22 @@ def work_dir(out: Path, save_steps: int) -> Iterator[WorkDir]:
     shutil.rmtree(ckpt, ignore_errors=True)
 
 
+def keep_save_interval(save_steps: int) -> Any:
+    """A trainer callback that checkpoints every ``save_steps`` steps also on a resumed run.
+
+    Why: transformers restores ``save_steps`` from the checkpoint's ``trainer_state.json`` and
+    only warns that the arguments differ, so a run resumed with a new interval kept the old one
+    (the GSM8K rl run, resumed with 2 after starting with 5, saved at 10, 15, ...).
+    """
+    from transformers import TrainerCallback
+
+    class KeepSaveInterval(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            state.save_steps = save_steps
+
+    return KeepSaveInterval()
+
+
 def run_stage(
     stage: str,
     trainer_class: type,
@@ -275,6 +291,8 @@ def run_stage(
             peft_config=peft_config(settings.lora),
             **trainer_kwargs,
         )
+        if settings.save_steps > 0:
+            trainer.add_callback(keep_save_interval(settings.save_steps))
         started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=work.resume_from)
         seconds = time.perf_counter() - started
