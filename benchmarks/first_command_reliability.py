@@ -31,6 +31,7 @@ FRANCE = (
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--draws", type=int, default=12)
+    ap.add_argument("--adapter", help="a LoRA adapter on the embedded judge (e.g. a trained one)")
     ap.add_argument("--max-retries", type=int, default=8)
     ap.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/first_command_reliability")
@@ -41,6 +42,8 @@ def main() -> None:
     from grm_plugin.reward import GenerativeRewardFn
 
     cfg = JudgeConfig()
+    if args.adapter:
+        cfg.engine = cfg.engine.model_copy(update={"adapter": args.adapter})
     default_retries = cfg.sampling.parse_retries
     cfg.sampling.parse_retries = args.max_retries
     cfg.sampling.seed = 0  # each call is the judge's next item: its own shuffle and seeds
@@ -84,10 +87,13 @@ def main() -> None:
         "# The README's first command: how often no sample parses, by parse-retry budget",
         "",
         f"Command: `python benchmarks/first_command_reliability.py --draws {args.draws} "
-        f"--max-retries {args.max_retries} --out {args.out}`",
+        f"--max-retries {args.max_retries} --out {args.out}"
+        + (f" --adapter {args.adapter}`" if args.adapter else "`"),
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, shared (1-minute load per draw "
-        "in the JSON). Judge: the embedded 0.5B with `JudgeConfig()` defaults; each draw is the "
+        "in the JSON). Judge: the embedded 0.5B"
+        + (f" with the adapter `{args.adapter}`" if args.adapter else "")
+        + ", `JudgeConfig()` defaults; each draw is the "
         "judge's next seeded item (seed 0).",
         "",
         "| parse_retries | draws with no valid judgment (exit 1) | share | mean s per draw "
