@@ -22,10 +22,7 @@ import platform
 import time
 from pathlib import Path
 
-FRANCE = (
-    "What is the capital of France?",
-    ["The capital of France is Paris.", "The capital of France is Berlin."],
-)
+from first_command import FRANCE  # the README's question, one definition (run from benchmarks/)
 
 
 def main() -> None:
