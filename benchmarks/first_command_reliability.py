@@ -11,6 +11,11 @@ its next seeded item (its own shuffle and sampling seeds), with ``--max-retries`
 Re-samples come in rounds, one per failed parse, so a draw's first parsed attempt tells what every
 smaller budget would have given: with budget r the draw fails when that attempt is past r (or
 never came). The table puts the budgets side by side: failure rate and seconds per draw.
+
+``--constrain-scores off,on`` runs the same seeded draws once per setting of the demo judge's
+score grammar (``constrain_scores``; one model load each, one after the other) and puts them side
+by side; the draws' first texts are the same in both (same seeds), only what happens to a score
+line that does not parse differs. The default (``default``) is ``JudgeConfig()`` as it is.
 """
 
 from __future__ import annotations
@@ -25,95 +30,145 @@ from pathlib import Path
 from first_command import FRANCE  # the README's question, one definition (run from benchmarks/)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--draws", type=int, default=12)
-    ap.add_argument("--adapter", help="a LoRA adapter on the embedded judge (e.g. a trained one)")
-    ap.add_argument("--max-retries", type=int, default=8)
-    ap.add_argument(
-        "--out", type=Path, default=Path("benchmarks/results/first_command_reliability")
-    )
-    args = ap.parse_args()
-
+def measure(draws: int, max_retries: int, adapter: str | None, constrain: str) -> list[dict]:
+    """``draws`` seeded judgments of the France question with ``max_retries`` re-samples."""
     from grm_plugin.config import JudgeConfig
     from grm_plugin.reward import GenerativeRewardFn
 
     cfg = JudgeConfig()
-    if args.adapter:
-        cfg.engine = cfg.engine.model_copy(update={"adapter": args.adapter})
-    default_retries = cfg.sampling.parse_retries
-    cfg.sampling.parse_retries = args.max_retries
+    update: dict = {"adapter": adapter} if adapter else {}
+    if constrain != "default":
+        update["constrain_scores"] = constrain == "on"
+    cfg.engine = cfg.engine.model_copy(update=update)
+    cfg.sampling.parse_retries = max_retries
     cfg.sampling.seed = 0  # each call is the judge's next item: its own shuffle and seeds
     rm = GenerativeRewardFn.from_config(cfg)
-    draws = []
-    for i in range(args.draws):
+    out = []
+    for i in range(draws):
         started = time.perf_counter()
         res = rm.score(*FRANCE)
         seconds = time.perf_counter() - started
-        # seconds spent up to the end of each attempt: what a smaller budget would have cost
         parsed = [s.attempt for s in res.samples if s.failure is None]
-        draws.append(
+        out.append(
             {
+                "constrain_scores": constrain,
                 "draw": i,
                 "first_parsed_attempt": min(parsed) if parsed else None,
                 "attempts": len(res.samples),
+                "constrained": sum(s.constrained for s in res.samples),
+                "dropped_lines": [s.dropped_line for s in res.samples if s.dropped_line],
                 "seconds": round(seconds, 2),
                 "scores": res.scores,
                 "failure_kinds": [str(s.failure_kind) for s in res.samples if s.failure],
                 "load": round(os.getloadavg()[0], 2),
             }
         )
-        print(json.dumps(draws[-1]), flush=True)
+        print(json.dumps(out[-1]), flush=True)
+    return out
 
+
+def _failed(d: dict, r: int) -> bool:
+    """Whether draw ``d`` gives no valid judgment with a budget of ``r`` re-samples."""
+    return d["first_parsed_attempt"] is None or d["first_parsed_attempt"] > r
+
+
+def budget_rows(draws: list[dict], max_retries: int) -> list[tuple[int, int, float]]:
+    """Per budget r: (r, draws that fail, mean seconds per draw)."""
     rows = []
-    for r in range(args.max_retries + 1):
-        failed = [
-            d for d in draws if d["first_parsed_attempt"] is None or d["first_parsed_attempt"] > r
-        ]
+    for r in range(max_retries + 1):
         # a draw costs its attempts up to the first parse or the budget: per-attempt time is
         # the draw's mean (attempts of one draw cost alike: same prompt, same cap)
         cost = [
-            d["seconds"] / d["attempts"] * min(d["attempts"], r + 1)
-            if d["first_parsed_attempt"] is None or d["first_parsed_attempt"] > r
-            else d["seconds"] / d["attempts"] * (d["first_parsed_attempt"] + 1)
+            d["seconds"]
+            / d["attempts"]
+            * (min(d["attempts"], r + 1) if _failed(d, r) else d["first_parsed_attempt"] + 1)
             for d in draws
         ]
-        rows.append((r, len(failed), sum(cost) / len(cost)))
-    base = next(row for row in rows if row[0] == default_retries)
+        rows.append((r, sum(_failed(d, r) for d in draws), sum(cost) / len(cost)))
+    return rows
+
+
+def verdicts(draws: list[dict]) -> str:
+    """How the parsed draws ranked Paris (first response) against Berlin."""
+    parsed = [d["scores"] for d in draws if d["scores"] and None not in d["scores"]]
+    paris = sum(p > b for p, b in parsed)
+    berlin = sum(b > p for p, b in parsed)
+    ties = len(parsed) - paris - berlin
+    return f"{paris} Paris over Berlin, {berlin} Berlin over Paris, {ties} ties"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--draws", type=int, default=12)
+    ap.add_argument("--adapter", help="a LoRA adapter on the embedded judge (e.g. a trained one)")
+    ap.add_argument("--max-retries", type=int, default=8)
+    ap.add_argument(
+        "--constrain-scores",
+        default="default",
+        help="comma-separated settings of the score grammar to compare: default, on, off",
+    )
+    ap.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results/first_command_reliability")
+    )
+    args = ap.parse_args()
+
+    from grm_plugin.config import JudgeConfig
+
+    default_retries = JudgeConfig().sampling.parse_retries
+    settings = args.constrain_scores.split(",")
+    if not set(settings) <= {"default", "on", "off"}:
+        ap.error("--constrain-scores takes default, on, off")
+    runs = {c: measure(args.draws, args.max_retries, args.adapter, c) for c in settings}
+
     lines = [
         "# The README's first command: how often no sample parses, by parse-retry budget",
         "",
         f"Command: `python benchmarks/first_command_reliability.py --draws {args.draws} "
-        f"--max-retries {args.max_retries} --out {args.out}"
-        + (f" --adapter {args.adapter}`" if args.adapter else "`"),
+        f"--max-retries {args.max_retries} --constrain-scores {args.constrain_scores} "
+        f"--out {args.out}" + (f" --adapter {args.adapter}`" if args.adapter else "`"),
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, shared (1-minute load per draw "
         "in the JSON). Judge: the embedded 0.5B"
         + (f" with the adapter `{args.adapter}`" if args.adapter else "")
-        + ", `JudgeConfig()` defaults; each draw is the "
-        "judge's next seeded item (seed 0).",
+        + ", `JudgeConfig()` defaults but `constrain_scores` as named; each draw is the "
+        "judge's next seeded item (seed 0), the same draws for every setting.",
         "",
-        "| parse_retries | draws with no valid judgment (exit 1) | share | mean s per draw "
-        f"| time vs {default_retries} (the default) |",
-        "|---|---|---|---|---|",
+        "| constrain_scores | parse_retries | draws with no valid judgment (exit 1) | share "
+        f"| mean s per draw | time vs the first setting at {default_retries} (the default) |",
+        "|---|---|---|---|---|---|",
     ]
-    for r, failed, mean_s in rows:
-        mark = " (default)" if r == default_retries else ""
-        lines.append(
-            f"| {r}{mark} | {failed} of {len(draws)} | {failed / len(draws):.0%} | "
-            f"{mean_s:.1f} | {mean_s / base[2]:.2f}x |"
-        )
-    lines += ["", "| draw | first parsed attempt | attempts | s | scores (Paris, Berlin) |"]
-    lines.append("|---|---|---|---|---|")
-    for d in draws:
-        lines.append(
-            f"| {d['draw']} | {d['first_parsed_attempt']} | {d['attempts']} | {d['seconds']} | "
-            f"{d['scores']} |"
-        )
+    base = budget_rows(runs[settings[0]], args.max_retries)[default_retries][2]
+    for c, draws in runs.items():
+        for r, failed, mean_s in budget_rows(draws, args.max_retries):
+            mark = " (default)" if r == default_retries else ""
+            lines.append(
+                f"| {c} | {r}{mark} | {failed} of {len(draws)} | {failed / len(draws):.0%} | "
+                f"{mean_s:.1f} | {mean_s / base:.2f}x |"
+            )
+    lines.append("")
+    for c, draws in runs.items():
+        lines += [
+            f"constrain_scores {c}: parsed draws' verdicts: {verdicts(draws)}; samples scored "
+            f"under the grammar: {sum(d['constrained'] for d in draws)}.",
+            "",
+        ]
+    lines += [
+        "| constrain_scores | draw | first parsed attempt | attempts | s "
+        "| scores (Paris, Berlin) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c, draws in runs.items():
+        for d in draws:
+            lines.append(
+                f"| {c} | {d['draw']} | {d['first_parsed_attempt']} | {d['attempts']} | "
+                f"{d['seconds']} | {d['scores']} |"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(draws, indent=1) + "\n")
+    args.out.with_suffix(".json").write_text(
+        json.dumps([d for draws in runs.values() for d in draws], indent=1) + "\n"
+    )
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[8 : 8 + args.max_retries + 1]))
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -93,6 +93,8 @@ _ANALYSIS_HEAD = re.compile(r"^[ \t*#_]*analysis[ \t*_]*:[ \t*_]*", re.IGNORECAS
 # what every verdict pattern below needs (``[[``, ``\boxed{`` or a leading "final"): one
 # search rules out a line that none of the four could match (most lines of a judgment)
 _MAYBE_VERDICT = re.compile(r"\[\[|\\boxed\{|^final", re.IGNORECASE)
+# a line that starts a score line, whether or not it parses (see before_score_line)
+_SCORE_LINE_START = re.compile(r"\[\[|\\boxed\{|^final\s+scores?\b", re.IGNORECASE)
 # zero-width characters too: the prompt breaks control tokens in responses with them
 _SQUASHED = re.compile(r"[\s\u200b-\u200d\u2060\ufeff]+")
 _SCORE_SEP = re.compile(r"[,;/]")
@@ -194,6 +196,24 @@ def _quoted_lines(lines: list[str], fence_code: str | None = None) -> list[bool]
 
 def _strip_decoration(line: str) -> str:
     return line.lstrip(_LEAD_CHARS).rstrip(_TRAIL_CHARS)
+
+
+def before_score_line(text: str, fence_code: str | None = None) -> str:
+    """The judge's ``text`` before its last own line that starts a score line (a label
+    ``Final Scores``, a ``[[`` list or a ``\\boxed{``), valid or not; all of it when it has
+    none. Where a constrained score line takes over (``grm_plugin.engines.score_grammar``).
+
+    >>> before_score_line("Analysis: A is right.\\n**Final Scores:** [[80, 90]]")
+    'Analysis: A is right.\\n'
+    >>> before_score_line("Analysis: no line.")
+    'Analysis: no line.'
+    """
+    lines = text.splitlines()
+    mask = _quoted_lines(lines, fence_code)
+    for i in range(len(lines) - 1, -1, -1):
+        if not mask[i] and _SCORE_LINE_START.search(_strip_decoration(lines[i])):
+            return "".join(text.splitlines(keepends=True)[:i])
+    return text
 
 
 def _verdict_of(lines: list[str], i: int) -> _Verdict | None:

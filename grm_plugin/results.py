@@ -69,6 +69,16 @@ class Sample(BaseModel):
     meta_score: float | None = None
     voted: bool = False
     attempt: int = Field(0, description="0 for the first round, >0 for parse retries")
+    constrained: bool = Field(
+        False,
+        description="the scores were written under the score-list grammar (the engine's "
+        "constrain_scores), after the judge's own text gave none that parsed",
+    )
+    dropped_line: str | None = Field(
+        None,
+        description="with constrained: the judge's own score line that did not parse, left "
+        "out of text (the critique before it is kept)",
+    )
     failure: str | None = Field(None, description="why this sample gave no scores (message)")
     failure_kind: FailureKind | None = Field(None, description="the kind of that failure")
     messages: list[dict[str, str]] | None = Field(

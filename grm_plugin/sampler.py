@@ -36,7 +36,8 @@ from .deadline import Expiry
 from .engines import JudgeEngine
 from .engines.base import EngineError, GenerationRequest, tokens_of_length
 from .engines.errors import PromptTooLongError, failure_kind
-from .parsing import parse_judgment
+from .engines.score_grammar import ScoreList
+from .parsing import before_score_line, parse_judgment
 from .prompt import (
     Conversation,
     Message,
@@ -215,10 +216,11 @@ def _cut_by_the_deadline(drawn: list[Sample]) -> None:
 
 
 async def _continued(
-    old: Sample, request: GenerationRequest, out: Any, item: ShownItem
+    old: Sample, request: GenerationRequest, out: Any, item: ShownItem, dropped: str = ""
 ) -> Sample | None:
     """``old`` continued by the prefill's answer ``out``, or None when that gives no score
-    (the original parse failure stands)."""
+    (the original parse failure stands); ``dropped``: the end of its text the prefill left
+    out (its invalid score line)."""
     if isinstance(out, BaseException) and not isinstance(out, Exception):
         raise out
     if isinstance(out, BaseException) or not _texts(out) or not out:
@@ -228,6 +230,9 @@ async def _continued(
     if new.scores is None:
         return None
     new.messages = old.messages
+    if request.score_list is not None:
+        new.constrained = True
+        new.dropped_line = dropped or None
     return new
 
 
@@ -453,30 +458,43 @@ class Sampler:
         """Continue each sample that ended without a parsable score line from its own text plus
         the start of the template's score line (``Final Scores: [[`` or ``\\boxed{``: a few
         tokens, small judges then write the numbers) rather than re-sampling the whole judgment;
-        a sample this does not fix stays a parse failure."""
+        a sample this does not fix stays a parse failure. An engine that ``constrains_scores``
+        writes the numbers under the score list's grammar, and continues a sample whose score
+        line is there but invalid from that line's start (its own line dropped)."""
         todo = [i for i, s in enumerate(samples) if s.failure_kind is FailureKind.PARSE and s.text]
         if not todo or not self.engine.supports_assistant_prefix:
             return samples
         # the template asked for this format: a prefill in another one contradicts the prompt
-        line_start = load_template(self.template).score_format.line_start
-        requests = [
-            self._request(
-                # the messages its sample was drawn with: the same render, not a second one
-                samples[i].messages or self._order_messages(item, tuple(samples[i].order)),
-                expiry,
-                seeder,
-                n=1,
-                max_tokens=8 + 4 * len(item.shown),
-                assistant_prefix=(samples[i].text or "").rstrip() + "\n\n" + line_start,
+        score_format = load_template(self.template).score_format
+        constrained = self.engine.constrains_scores
+        grammar = ScoreList(len(item.shown), score_format.line_end) if constrained else None
+        requests, dropped = [], []
+        for i in todo:
+            text = samples[i].text or ""
+            if constrained:
+                kept = before_score_line(text, item.nonce)
+                dropped.append(text[len(kept) :].strip())
+                text = kept
+            else:
+                dropped.append("")
+            requests.append(
+                self._request(
+                    # the messages its sample was drawn with: the same render, not a second one
+                    samples[i].messages or self._order_messages(item, tuple(samples[i].order)),
+                    expiry,
+                    seeder,
+                    n=1,
+                    max_tokens=8 + 4 * len(item.shown),
+                    assistant_prefix=text.rstrip() + "\n\n" + score_format.line_start,
+                    score_list=grammar,
+                )
             )
-            for i in todo
-        ]
         outputs = await asyncio.gather(
             *(self._generate(r, expiry) for r in requests), return_exceptions=True
         )
         fixed = list(samples)
-        for i, request, out in zip(todo, requests, outputs, strict=True):
-            continued = await _continued(samples[i], request, out, item)
+        for i, request, out, cut in zip(todo, requests, outputs, dropped, strict=True):
+            continued = await _continued(samples[i], request, out, item, cut)
             if continued is not None:
                 fixed[i] = continued
         return fixed

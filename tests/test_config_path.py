@@ -162,7 +162,11 @@ def test_default_engine_has_every_transformers_option():
     # only the CPU-demo levers differ from the transformers defaults
     plain = TransformersEngineConfig(model="m").model_dump(exclude={"type", "model"})
     demo = DefaultEngineConfig().model_dump(exclude={"type"})
-    assert {k for k in local if plain[k] != demo[k]} == {"quantize", "max_new_tokens"}
+    assert {k for k in local if plain[k] != demo[k]} == {
+        "quantize",
+        "max_new_tokens",
+        "constrain_scores",
+    }
 
 
 def test_default_engine_passes_every_option_to_the_transformers_engine():

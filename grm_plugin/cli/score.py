@@ -54,7 +54,11 @@ def format_result(result: JudgmentResult) -> str:
         if not s.principles and not s.critique and s.text:
             lines += ["--- judge output", s.text.strip()]
         if s.scores is not None:
-            lines.append("--- scores: " + ", ".join(f"{x:g}" for x in s.scores))
+            how = ""
+            if s.constrained:
+                # say so: these numbers are the judge's pick among valid ones, not its own line
+                how = f" (under the score grammar; its own line: {s.dropped_line or 'none'})"
+            lines.append("--- scores: " + ", ".join(f"{x:g}" for x in s.scores) + how)
     lines.append("=== final scores (mean over voting samples)")
     for i, (sc, fl) in enumerate(zip(result.scores, result.flags, strict=False), start=1):
         value = "None (no valid judgment)" if sc is None else f"{sc:.2f}"

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ..deadline import NEVER, Expiry, cap
 from ..score_distribution import ScoreDistribution
 from .errors import EngineError
+from .score_grammar import ScoreList
 
 __all__ = ["EngineError", "EngineHealth", "GenerationRequest", "JudgeEngine"]
 
@@ -30,6 +31,8 @@ class GenerationRequest:
 
     ``assistant_prefix``: the start of the assistant's answer, to be continued (the texts
     returned are what follows it). Only engines with ``supports_assistant_prefix`` take it.
+    ``score_list``: the text to generate is the rest of a score line (the prefix opened it),
+    decoded under that grammar; only engines with ``constrains_scores`` take it.
     """
 
     messages: list[dict[str, str]]
@@ -38,6 +41,7 @@ class GenerationRequest:
     max_tokens: int = 768
     seed: int | None = None
     assistant_prefix: str | None = None
+    score_list: ScoreList | None = None
     #: seconds for one request to a judge server, per try (``Deadline.request``; None: no limit)
     request_timeout: float | None = None
     #: when the item (or its batch) is abandoned; set once per item, so retries share one clock
@@ -77,6 +81,10 @@ class JudgeEngine(ABC):
     #: True when a sample that ended without a score line should be continued from its own
     #: text plus the start of the score line (needs ``supports_assistant_prefix``)
     score_prefill: bool = False
+    #: True when that continuation's scores are decoded under ``GenerationRequest.score_list``
+    #: (a valid list is then certain), so a sample whose score line does not parse is
+    #: continued too, from the start of that line
+    constrains_scores: bool = False
     #: True when ``score_distributions`` reads the judge's distribution over score values
     supports_score_distributions: bool = False
     #: why not, when not (said in the error a config asking for expected scores gets)

@@ -32,6 +32,7 @@ from ..config import TransformersEngineConfig
 from ..score_distribution import SCORE_VALUES, ScoreDistribution
 from .base import EngineError, EngineHealth, GenerationRequest, JudgeEngine
 from .batching import Job, MicroBatcher
+from .score_grammar import ScoreListProcessor
 
 log = logging.getLogger(__name__)
 
@@ -420,6 +421,7 @@ class TransformersEngine(JudgeEngine):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"
         self.score_prefill = config.score_prefill
+        self.constrains_scores = config.score_prefill and config.constrain_scores
         #: where ``config.stream`` writes the judge's text (default: stderr)
         self.stream_to = stream_to
         self._tok_lock = threading.RLock()
@@ -501,7 +503,7 @@ class TransformersEngine(JudgeEngine):
 
     def _generate_rows(self, jobs: Sequence[Job]) -> list[list[str]]:
         import torch
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         rows = [(job, self._render(job.request)) for job in jobs for _ in range(job.request.n)]
         max_new = max(job.request.max_tokens for job in jobs)
@@ -526,6 +528,12 @@ class TransformersEngine(JudgeEngine):
             prompt_len = enc["input_ids"].shape[1]
             stopper = _RowStopper(chunk_jobs, prompt_len, loops=self.config.stop_loops)
             extra: dict[str, Any] = {}
+            on = self.constrains_scores
+            grammars = [job.request.score_list if on else None for job in chunk_jobs]
+            if any(grammars):
+                extra["logits_processor"] = LogitsProcessorList(
+                    [ScoreListProcessor(grammars, prompt_len, self.tokenizer, self._eos_id())]
+                )
             if self.config.stream and len(chunk) == 1:
                 extra["streamer"] = self._streamer(chunk_jobs[0].request)
             with torch.inference_mode():
@@ -546,6 +554,14 @@ class TransformersEngine(JudgeEngine):
             result.append(out_texts[i : i + job.request.n])
             i += job.request.n
         return result
+
+    def _eos_id(self) -> int:
+        """The token that ends the assistant's turn (the generation config's first, as
+        ``generate`` stops on it)."""
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        if isinstance(eos, list):
+            eos = eos[0] if eos else None
+        return self.tokenizer.eos_token_id if eos is None else eos
 
     def _streamer(self, request: GenerationRequest) -> Any:
         out = self.stream_to or sys.stderr
