@@ -199,3 +199,26 @@ def test_the_real_demo_judge_gives_valid_scores_when_cut_off():
     assert not res.failed
     assert all(s.scores is not None and all(1 <= x <= 10 for x in s.scores) for s in res.samples)
     assert any(s.constrained for s in res.samples)  # 16 tokens hold no whole judgment
+
+
+def test_a_draw_begun_before_the_grammar_existed_resumes_with_it_off():
+    # a resumable eval names its judge by a hash of the whole config; the option, at the value
+    # that judges as before, is left out of it, so the GSM8K shards begun earlier resume
+    import hashlib
+
+    from grm_plugin.cli.eval import _identity
+
+    def cfg(**engine):
+        return JudgeConfig.model_validate(
+            {"engine": {"type": "transformers", "model": "m", **engine}}
+        )
+
+    off = cfg(constrain_scores=False)
+    before = off.model_dump_json(exclude={"engine": {"constrain_scores"}})
+    assert "constrain_scores" not in before
+    assert _identity(off) == hashlib.sha256(before.encode()).hexdigest() == _identity(cfg())
+    assert _identity(cfg(constrain_scores=True)) != _identity(off)
+    # the demo judge's default is on: a config that does not say judges with it
+    demo = JudgeConfig.model_validate({"engine": {"type": "default"}})
+    pinned = JudgeConfig.model_validate({"engine": {"type": "default", "constrain_scores": False}})
+    assert _identity(demo) != _identity(pinned)

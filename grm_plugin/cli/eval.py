@@ -169,12 +169,24 @@ def _chunk_size(asked: int | None, k: int) -> int:
     return asked or max(1, 64 // k)
 
 
+#: engine options added after draws were begun, with the value that judges as before they
+#: existed: at that value an option is left out of a draw's identity, so that a draw begun by an
+#: older version resumes (the identity is a hash of the whole configuration)
+_ADDED_ENGINE_OPTIONS = {"constrain_scores": False}
+
+
 def _identity(cfg) -> str:
     """The judge a resumable draw belongs to: its whole configuration (engine, sampling with
     its seed and k, template, deadlines), hashed."""
     import hashlib
 
-    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()
+    neutral = {
+        name
+        for name, value in _ADDED_ENGINE_OPTIONS.items()
+        if name in type(cfg.engine).model_fields and getattr(cfg.engine, name) == value
+    }
+    dump = cfg.model_dump_json(exclude={"engine": neutral} if neutral else None)
+    return hashlib.sha256(dump.encode()).hexdigest()
 
 
 def run(args: argparse.Namespace) -> int:
