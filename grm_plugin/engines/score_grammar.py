@@ -22,7 +22,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -90,13 +92,21 @@ class ScoreListProcessor:
     tokenizer without such tokens: the parser then judges the text as usual)."""
 
     def __init__(
-        self, grammars: list[ScoreList | None], prompt_len: int, tokenizer: Any, eos: int
+        self,
+        grammars: list[ScoreList | None],
+        prompt_len: int,
+        tokenizer: Any,
+        eos: int,
+        lock: AbstractContextManager[Any] | None = None,
     ) -> None:
         self.grammars = grammars
         self.prompt_len = prompt_len
         self.tokenizer = tokenizer
         self.eos = eos
-        self.candidates = _candidates(tokenizer)
+        # the engine's tokenizer lock: other threads count tokens with the same tokenizer
+        self.lock = lock or contextlib.nullcontext()
+        with self.lock:
+            self.candidates = _candidates(tokenizer)
 
     def allowed(self, grammar: ScoreList, text: str) -> list[int]:
         """Token ids that may come next after the generated ``text``."""
@@ -110,9 +120,10 @@ class ScoreListProcessor:
         for row, grammar in enumerate(self.grammars):
             if grammar is None:
                 continue
-            text = self.tokenizer.decode(
-                input_ids[row, self.prompt_len :].tolist(), skip_special_tokens=True
-            )
+            with self.lock:
+                text = self.tokenizer.decode(
+                    input_ids[row, self.prompt_len :].tolist(), skip_special_tokens=True
+                )
             allowed = self.allowed(grammar, text)
             if not allowed:
                 continue

@@ -532,7 +532,11 @@ class TransformersEngine(JudgeEngine):
             grammars = [job.request.score_list if on else None for job in chunk_jobs]
             if any(grammars):
                 extra["logits_processor"] = LogitsProcessorList(
-                    [ScoreListProcessor(grammars, prompt_len, self.tokenizer, self._eos_id())]
+                    [
+                        ScoreListProcessor(
+                            grammars, prompt_len, self.tokenizer, self._eos_id(), self._tok_lock
+                        )
+                    ]
                 )
             if self.config.stream and len(chunk) == 1:
                 extra["streamer"] = self._streamer(chunk_jobs[0].request)
