@@ -10,8 +10,9 @@
 #
 # Resume units: make-pairs and collect per problem / item (their progress logs), sft and rl from
 # trainer checkpoints (save_steps in spct.yaml), eval per chunk of items within a shard (grm-plugin
-# eval saves each chunk in its --out; a shard whose report.json exists is not run again). Each command's wall time is appended to timings.txt. One real-model process
-# at a time: the stages run one after the other, never in parallel.
+# eval saves each chunk in its --out; a shard whose report.json exists is not run again). Each command's wall time is appended to timings.txt. One invocation runs
+# its stages one after the other; separate invocations may run side by side on other stages
+# (rl beside eval-rft), or on the same eval stage (its shards are locked one lane each).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 R=results/spct_gsm8k
@@ -137,10 +138,22 @@ adapter() {  # the final judge's LoRA adapter (rl saves it stacked onto the RFT 
 }
 
 evaluate() {  # evaluate STAGE: every held-out shard, then the preference items; per shard
-  local stage=$1 shard name ks
+  # Several lanes may run `run.sh eval-STAGE` at once (one thread each, e.g. two for eval-rl
+  # once rl is done): each takes a shard no other lane holds (a lock per shard, released when
+  # its process ends, however it ends) and skips the held ones.
+  local stage=$1 shard name ks lock
+  mkdir -p $R/eval/$stage
   for shard in $R/data/heldout_k8_*.jsonl $R/data/heldout_k1_*.jsonl $R/data/preference.jsonl; do
     name=$(basename "$shard" .jsonl)
     [[ -f $R/eval/$stage/$name/report.json ]] && continue
+    exec {lock}> "$R/eval/$stage/$name.lock"
+    if ! flock -n "$lock"; then
+      echo "eval-$stage $name: another lane has it" >&2
+      exec {lock}>&-
+      continue
+    fi
+    # the lane that held it may have finished it meanwhile
+    if [[ -f $R/eval/$stage/$name/report.json ]]; then exec {lock}>&-; continue; fi
     ks=1
     [[ $name == heldout_k8_* ]] && ks=1,2,4,8
     # one draw of max(k) samples per item; k < 8 are its first k samples. --seed: the same
@@ -148,6 +161,7 @@ evaluate() {  # evaluate STAGE: every held-out shard, then the preference items;
     # most 4 items (32 judgments, ~20 min here) lost to a stop
     step "eval-$stage-$name" grm-plugin eval "$shard" --config $R/judge_$stage.yaml \
       --samples $ks --seed 0 --chunk-size 4 --out $R/eval/$stage/$name --no-progress
+    exec {lock}>&-
   done
 }
 
