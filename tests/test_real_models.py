@@ -100,8 +100,12 @@ def test_default_judge_expected_scores_come_from_its_own_distribution():
             # 1 / 10 (greedy picked the token "1"; which of 1 / 10 followed is a second step) or
             # a fraction: not one value's mode (off-scale scores do not parse at all)
             continue
-        # greedy decoding wrote the most likely value, so the distribution's mode is that value
-        assert d.mass >= 0.5 and max(d.probs, key=d.probs.get) == int(written), (written, d.probs)
+        # greedy decoding wrote the most likely value (under the demo judge's score grammar: the
+        # most likely valid one), so the distribution's mode is that value; written on its own,
+        # that value also held most of the mass (under the grammar it need not: seen in CI, a 5
+        # with mass 0.41, the judge wanting "50")
+        assert max(d.probs, key=d.probs.get) == int(written), (written, d.probs)
+        assert s.constrained or d.mass >= 0.5, (written, d.mass)
         checked += 1
     if not checked:
         pytest.skip(f"the greedy judgment wrote no score in 2..9: {s.text[-40:]!r}")
