@@ -81,15 +81,20 @@ def test_default_judge_expected_scores_come_from_its_own_distribution():
     # float32: the int8 default refuses expected scores (its teacher-forced pass differs)
     engine = DefaultEngineConfig(quantize="none")
     rm = GenerativeRewardFn(engine, samples=1, max_new_tokens=256, expected_scores=True, seed=0)
-    res = rm.score(
-        "What is 12 times 12? Answer with the number.",
-        ["144", "12 times 12 is 124."],
-    )
-    greedy = [s for s in res.samples if s.scores is not None and s.attempt == 0]
-    if not greedy:
-        pytest.skip(f"the greedy judgment did not parse: {res.error}")
-    s = greedy[0]
-    dists = run_sync(rm.engine.score_distributions(s.messages, s.text, s.score_starts))
+    try:
+        res = rm.score(
+            "What is 12 times 12? Answer with the number.",
+            ["144", "12 times 12 is 124."],
+        )
+        greedy = [s for s in res.samples if s.scores is not None and s.attempt == 0]
+        if not greedy:
+            pytest.skip(f"the greedy judgment did not parse: {res.error}")
+        s = greedy[0]
+        dists = run_sync(rm.engine.score_distributions(s.messages, s.text, s.score_starts))
+    finally:
+        # the float32 judge (~3 GB): its batcher thread would keep it in memory for the rest
+        # of the real-model step
+        run_sync(rm.aclose())
     assert s.expected_scores == pytest.approx(expected_in_original_order(dists, s.order))
     checked = 0
     for shown, start in enumerate(s.score_starts):

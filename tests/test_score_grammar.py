@@ -192,10 +192,13 @@ def test_the_real_demo_judge_gives_valid_scores_when_cut_off():
         {"engine": {"type": "default", "device": "cpu"},
          "sampling": {"max_new_tokens": 16, "parse_retries": 0, "samples": 2, "seed": 0}}
     )  # fmt: skip
-    res = rm.score(
-        "What is the capital of France?",
-        ["The capital of France is Paris.", "The capital of France is Berlin."],
-    )
+    try:
+        res = rm.score(
+            "What is the capital of France?",
+            ["The capital of France is Paris.", "The capital of France is Berlin."],
+        )
+    finally:
+        asyncio.run(rm.aclose())  # its batcher thread would keep the model in memory
     assert not res.failed
     assert all(s.scores is not None and all(1 <= x <= 10 for x in s.scores) for s in res.samples)
     assert any(s.constrained for s in res.samples)  # 16 tokens hold no whole judgment
