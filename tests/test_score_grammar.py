@@ -182,6 +182,20 @@ def test_the_demo_judge_constrains_by_default_and_the_experiments_base_did_not()
     assert base.engine.type == "default" and base.engine.constrain_scores is False
 
 
+def test_the_experiments_stages_judge_without_the_grammar_and_its_demo_checks_with_it():
+    # the three stages compare only if judged alike; the *_grammar judges (run.sh
+    # eval-STAGE_grammar) ask the demo-default question as the demo would judge, and differ from
+    # their stage's judge in the grammar only
+    results = Path(__file__).parents[1] / "results/spct_gsm8k"
+    run_sh = (results / "run.sh").read_text()
+    for stage in ("base", "rft", "rl"):
+        plain = JudgeConfig.load(results / f"judge_{stage}.yaml")
+        demo = JudgeConfig.load(results / f"judge_{stage}_grammar.yaml")
+        assert plain.engine.constrain_scores is False and demo.engine.constrain_scores is True
+        assert demo.engine.type == "default" and demo.sampling == plain.sampling
+        assert f"eval-{stage}_grammar" in run_sh
+
+
 @pytest.mark.real_model
 def test_the_real_demo_judge_gives_valid_scores_when_cut_off():
     """The embedded judge (its defaults: int8, constrain_scores) cut off after 16 tokens,

@@ -85,6 +85,29 @@ def test_per_item_is_strict_and_pairs_the_stages(tmp_path: Path) -> None:
     assert (tmp_path / "accuracy_vs_k.png").stat().st_size > 0
 
 
+def test_the_demo_default_check_is_reported_beside_not_among_the_stages(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    _eval_dir(tmp_path, "base", BASE)
+    # the *_grammar judges are judged on the preference items only (run.sh eval-STAGE_grammar)
+    for stage, plan in (("base_grammar", BASE), ("rl_grammar", RFT)):
+        draws = [_draw(f"{i}-k1", s, 1) for i, s in plan.items()]
+        write_draws(draws, tmp_path / "eval" / stage / "preference" / "samples.jsonl")
+    _script("per_item.py").main(tmp_path)
+    stages = {json.loads(ln)["stage"] for ln in (tmp_path / "per_item.jsonl").open()}
+    assert stages == {"base"}  # per_item.jsonl holds the experiment's stages only
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["preference"]["base_grammar"]["correct"] == 1
+    assert summary["preference"]["rl_grammar"]["correct"] == 3
+    (test,) = [t for t in summary["preference_mcnemar"] if t["second"] == "rl_grammar"]
+    assert (test["first"], test["n"], test["first_only"], test["second_only"]) == (
+        "base_grammar",
+        4,
+        0,
+        2,
+    )
+    assert "| rl_grammar | 4 | 75.0% |" in (tmp_path / "summary.md").read_text()
+
+
 def test_status_reads_every_stage_without_writing(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "problems.jsonl").write_text('{"id": "p1"}\n{"id": "p2"}\n')
@@ -109,6 +132,15 @@ def test_status_reads_every_stage_without_writing(tmp_path: Path) -> None:
     ]
     assert "eval-base heldout_k8_00: 1 of 2 items" in lines
     assert "eval-rft heldout_k8_00: not started" in lines
+    # a draw in progress is read from grm-plugin eval's partial file
+    (tmp_path / "data" / "preference.jsonl").write_text('{"id": "a"}\n{"id": "b"}\n')
+    write_draws(
+        [_draw("a", [7, 3], 1)],
+        tmp_path / "eval" / "rft_grammar" / "preference" / "samples.partial.jsonl",
+    )
+    lines = _script("status.py").status(tmp_path)
+    assert "eval-rft_grammar preference: 1 of 2 items" in lines
+    assert "eval-base_grammar preference: not started" in lines
 
 
 def test_the_committed_run_script_parses() -> None:
@@ -154,5 +186,6 @@ def test_the_committed_run_script_parses() -> None:
             assert args.limit == int(problems)
     for stage in ("base", "rft", "rl"):  # the eval step's --config judge_$stage.yaml
         JudgeConfig.load(RESULTS / f"judge_{stage}.yaml")
+        JudgeConfig.load(RESULTS / f"judge_{stage}_grammar.yaml")
     for name in re.findall(r"python \$R/(\S+\.py)", text):  # its helper scripts are committed
         assert (RESULTS / name).is_file(), name

@@ -35,6 +35,9 @@ from grm_plugin.evaluation import (
 
 HERE = Path(__file__).resolve().parent
 STAGES = ("base", "rft", "rl")
+# each stage's judge as the demo runs it (score grammar on), preference items only: not stages of
+# the experiment but the check of whether the trained judge becomes the demo's default
+DEMO_STAGES = ("base_grammar", "rft_grammar", "rl_grammar")
 KS = (1, 2, 4, 8)
 
 
@@ -71,6 +74,7 @@ def main(root: Path = HERE) -> None:
                             "samples": len(chosen),
                         }
                     )
+    for stage in STAGES + DEMO_STAGES:
         if pref := stage_draws(root, stage, "preference"):
             preference[stage] = {
                 d.item.id: o for d, o in zip(pref, item_outcomes(pref, 1), strict=True)
@@ -133,7 +137,12 @@ def main(root: Path = HERE) -> None:
     }
     pref_tests = [
         {"first": a, "second": b, **asdict(mcnemar(pref_correct[a], pref_correct[b]))}
-        for a, b in (("base", "rft"), ("base", "rl"))
+        for a, b in (
+            ("base", "rft"),
+            ("base", "rl"),
+            ("base_grammar", "rft_grammar"),
+            ("base_grammar", "rl_grammar"),
+        )
         if a in preference and b in preference
     ]
     summary = {
@@ -170,7 +179,9 @@ def main(root: Path = HERE) -> None:
     if pref_table:
         lines += [
             "",
-            "Preference items (human preference, k = 1; does math judging transfer?):",
+            "Preference items (human preference, k = 1; does math judging transfer?). "
+            "`*_grammar`: the same judge as the demo runs it, score grammar on (the demo-default "
+            "check; not a stage):",
             "",
             "| stage | n | strict accuracy | 95% CI | ties | no vote | accuracy when decisive "
             "(items) |",

@@ -5,7 +5,10 @@
 #   results/spct_gsm8k/run.sh collect    # one stage (split make-pairs collect sft rl adapter
 #                                        #   eval-base eval-rft eval-rl report; train-ids
 #                                        #   rewrites train_ids.txt; status says where each
-#                                        #   stage stands, read only, safe while one runs)
+#                                        #   stage stands, read only, safe while one runs;
+#                                        #   eval-base_grammar eval-rft_grammar
+#                                        #   eval-rl_grammar judge the preference items as
+#                                        #   the demo would, score grammar on)
 #   TIME_LIMIT=3h results/spct_gsm8k/run.sh   # stop after 3 hours (a "piece"); rerun resumes
 #
 # Resume units: make-pairs and collect per problem / item (their progress logs), sft and rl from
@@ -142,8 +145,11 @@ evaluate() {  # evaluate STAGE: every held-out shard, then the preference items;
   # once rl is done): each takes a shard no other lane holds (a lock per shard, released when
   # its process ends, however it ends) and skips the held ones.
   local stage=$1 shard name ks lock
+  shift
+  local shards=("$@")
+  [[ ${#shards[@]} -eq 0 ]] && shards=($R/data/heldout_k8_*.jsonl $R/data/heldout_k1_*.jsonl $R/data/preference.jsonl)
   mkdir -p $R/eval/$stage
-  for shard in $R/data/heldout_k8_*.jsonl $R/data/heldout_k1_*.jsonl $R/data/preference.jsonl; do
+  for shard in "${shards[@]}"; do
     name=$(basename "$shard" .jsonl)
     [[ -f $R/eval/$stage/$name/report.json ]] && continue
     exec {lock}> "$R/eval/$stage/$name.lock"
@@ -184,6 +190,10 @@ for s in "${stages[@]}"; do
     eval-base) evaluate base ;;
     eval-rft) evaluate rft ;;
     eval-rl) evaluate rl ;;
+    # not stages: each judge as the demo runs it (score grammar on), on the preference items,
+    # to decide whether the trained judge becomes the demo's default (judge_*_grammar.yaml)
+    eval-base_grammar|eval-rft_grammar|eval-rl_grammar)
+      evaluate "${s#eval-}" $R/data/preference.jsonl ;;
     report) report ;;
     status) python $R/status.py ;;
     *) echo "unknown stage: $s" >&2; exit 2 ;;

@@ -15,6 +15,7 @@ from grm_plugin.spct.progress import read_finished_lines
 
 HERE = Path(__file__).resolve().parent
 STAGES = ("base", "rft", "rl")
+DEMO_STAGES = ("base_grammar", "rft_grammar", "rl_grammar")  # preference only (run.sh says why)
 
 
 def _lines(path: Path) -> list[dict]:
@@ -53,17 +54,22 @@ def status(root: Path = HERE) -> list[str]:
     out.append(f"rl: {_trained(root / 'models' / 'judge-rl')}")
     adapter = root / "adapter" / "SHA256SUMS"
     out.append(f"adapter: {adapter.read_text().split()[0] if adapter.is_file() else 'not yet'}")
-    for stage in STAGES:
-        for shard in sorted((root / "data").glob("*.jsonl")):
-            if shard.name == "problems.jsonl":
-                continue
-            run = root / "eval" / stage / shard.stem
-            if (run / "report.json").is_file():
-                state = "done"
-            else:
-                items = {s["item"]["id"] for s in _lines(run / "samples.jsonl")}
-                state = f"{len(items)} of {_count(shard)} items" if items else "not started"
-            out.append(f"eval-{stage} {shard.stem}: {state}")
+    shards = [s for s in sorted((root / "data").glob("*.jsonl")) if s.name != "problems.jsonl"]
+    runs = [(stage, shard) for stage in STAGES for shard in shards]
+    runs += [(stage, root / "data" / "preference.jsonl") for stage in DEMO_STAGES]
+    for stage, shard in runs:
+        run = root / "eval" / stage / shard.stem
+        if (run / "report.json").is_file():
+            state = "done"
+        else:
+            # grm-plugin eval writes the draw in progress to samples.partial.jsonl
+            items = {
+                s["item"]["id"]
+                for name in ("samples.jsonl", "samples.partial.jsonl")
+                for s in _lines(run / name)
+            }
+            state = f"{len(items)} of {_count(shard)} items" if items else "not started"
+        out.append(f"eval-{stage} {shard.stem}: {state}")
     return out
 
 
