@@ -387,3 +387,31 @@ def test_the_experiment_script_keeps_adapters_checked(both: Path, tmp_path: Path
     failed = run()
     assert failed.returncode != 0
     assert "do not match its spct_adapter.json" in failed.stderr
+
+
+def test_the_readme_names_the_committed_gsm8k_adapter_by_its_sha256() -> None:
+    """The README's sha256 is the committed adapter's (its SHA256SUMS, its manifest and the file
+    itself), and the README's engine line loads as a judge config naming that folder."""
+    import re
+
+    import yaml
+
+    from grm_plugin.config import JudgeConfig
+
+    repo = Path(__file__).resolve().parents[1]
+    folder = repo / "results" / "spct_gsm8k" / "adapter"
+    if not (folder / "SHA256SUMS").is_file():
+        pytest.skip("no committed GSM8K adapter in this checkout")
+    readme = (repo / "README.md").read_text()
+    block = readme[readme.index("**The GSM8K experiment's trained judge**") :]
+    (sha,) = re.findall(r"`([0-9a-f]{64})`", block[:1200])
+    weights = folder / "adapter_model.safetensors"
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == sha
+    assert (folder / "SHA256SUMS").read_text().split()[0] == sha
+    manifest = json.loads((folder / "spct_adapter.json").read_text())
+    assert manifest["sha256"] == sha and manifest["dtype"] == "bfloat16"
+    assert weights.stat().st_size <= 32 * 2**20
+    flow = re.search(r"`(engine: \{type: default, adapter: [^`]+)`", block).group(1)
+    config = JudgeConfig.model_validate(yaml.safe_load(" ".join(flow.split())))
+    assert config.engine.adapter == "results/spct_gsm8k/adapter"
+    assert config.engine.constrain_scores is False
