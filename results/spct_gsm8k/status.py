@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from grm_plugin.draw_log import partial_path
 from grm_plugin.spct._train import checkpoints_path
 from grm_plugin.spct.progress import read_finished_lines
 
@@ -62,11 +63,11 @@ def status(root: Path = HERE) -> list[str]:
         if (run / "report.json").is_file():
             state = "done"
         else:
-            # grm-plugin eval writes the draw in progress to samples.partial.jsonl
+            # grm-plugin eval keeps the draw in progress in its partial file
             items = {
                 s["item"]["id"]
-                for name in ("samples.jsonl", "samples.partial.jsonl")
-                for s in _lines(run / name)
+                for path in (run / "samples.jsonl", partial_path(run, "samples"))
+                for s in _lines(path)
             }
             state = f"{len(items)} of {_count(shard)} items" if items else "not started"
         out.append(f"eval-{stage} {shard.stem}: {state}")
